@@ -1,0 +1,3 @@
+//! The commands behind the CLI, as library functions so tests can drive them directly.
+
+pub mod slice_cmd;

@@ -1,0 +1,17 @@
+//! ClassGuard: an auditor for recorded online classes.
+//!
+//! Data flow: ingest → demux → slice (decode + sample) → audit (models) → verdict (policy) → sinks.
+//! Each stage is a module with one job; stages exchange small typed values over bounded channels.
+
+pub mod demux;
+pub mod mux;
+pub mod slice;
+pub mod models;
+
+pub mod policy;
+pub mod store;
+pub mod verdict;
+pub mod ingest;
+pub mod sink;
+pub mod app;
+pub mod inspect;

@@ -1,0 +1,792 @@
+//! Speech to text with Whisper tiny.en (English), run as an ONNX encoder/decoder pair with a
+//! self-attention KV cache.
+//!
+//! Pipeline per 30 s window: log-mel features computed here (exactly Whisper's recipe), one
+//! encoder call that returns the cross-attention keys/values of every decoder layer, then
+//! greedy decoding where each step feeds only the newest token plus the cached keys/values.
+//! Timestamp tokens are enabled (prompt `<|startoftranscript|>` only) and constrained by
+//! Whisper's timestamp rules, which yields well-formed `<|t0|> text <|t1|>` segments and tells
+//! where the next window must start when the last segment was cut off.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ort::value::TensorRef;
+use rustfft::num_complex::Complex32;
+use rustfft::{Fft, FftPlanner};
+use serde::Serialize;
+
+use super::vad::SpeechSegment;
+use super::{load_model, LoadedModel, ModelError, ModelHome, ModelOptions, Result};
+
+pub const SAMPLE_RATE: usize = 16_000;
+pub const N_FFT: usize = 400;
+pub const HOP: usize = 160;
+pub const N_MELS: usize = 80;
+/// Samples per 30 s window.
+pub const WINDOW_SAMPLES: usize = 480_000;
+/// Mel frames per window.
+pub const N_FRAMES: usize = 3000;
+/// Seconds per timestamp token step.
+const TIME_PRECISION: f64 = 0.02;
+/// Samples per timestamp step (encoder stride 2 × hop 160).
+const SAMPLES_PER_TOKEN_STEP: usize = 320;
+
+/// Special token ids of the English-only vocabulary (used when the tokenizer lacks them).
+const EOT: u32 = 50256;
+const SOT: u32 = 50257;
+const NO_TIMESTAMPS: u32 = 50362;
+const TIMESTAMP_BEGIN: u32 = 50363;
+/// Whisper's default `max_initial_timestamp` of 1 s, in timestamp steps.
+const MAX_INITIAL_TIMESTAMP_STEPS: u32 = 50;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TranscriptSegment {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Transcript {
+    pub text: String,
+    pub segments: Vec<TranscriptSegment>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log-mel front end
+// ---------------------------------------------------------------------------------------------
+
+/// Whisper's log-mel spectrogram: STFT (n_fft 400, hop 160, periodic Hann, centred with
+/// reflect padding, last frame dropped), power, 80 Slaney mel filters 0–8000 Hz,
+/// `log10(max(x, 1e-10))`, clamp to `max - 8`, `(x + 4) / 4`.
+pub struct LogMel {
+    /// Per mel band: first FFT bin and weights (the filters are sparse).
+    filters: Vec<(usize, Vec<f32>)>,
+    window: Vec<f32>,
+    fft: Arc<dyn Fft<f32>>,
+}
+
+impl Default for LogMel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogMel {
+    pub fn new() -> Self {
+        let window = (0..N_FFT)
+            .map(|n| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32)
+            .collect();
+        let dense = mel_filters(SAMPLE_RATE as f64, N_FFT, N_MELS);
+        let n_bins = N_FFT / 2 + 1;
+        let filters = (0..N_MELS)
+            .map(|m| {
+                let row = &dense[m * n_bins..(m + 1) * n_bins];
+                let first = row.iter().position(|&v| v != 0.0).unwrap_or(0);
+                let last = row.iter().rposition(|&v| v != 0.0).unwrap_or(0);
+                (first, row[first..=last.max(first)].to_vec())
+            })
+            .collect();
+        let fft = FftPlanner::<f32>::new().plan_fft_forward(N_FFT);
+        Self { filters, window, fft }
+    }
+
+    /// Computes `[80, 3000]` features (row-major, mel-major) for up to 30 s of 16 kHz audio
+    /// (zero-padded to 30 s) into `out`.
+    pub fn compute(&self, samples: &[f32], out: &mut Vec<f32>) {
+        let n = samples.len().min(WINDOW_SAMPLES);
+        let pad = N_FFT / 2;
+        // Padded signal: reflect(200) + audio zero-padded to 480000 + reflect(200).
+        let total = WINDOW_SAMPLES + 2 * pad;
+        let mut x = vec![0.0f32; total];
+        x[pad..pad + n].copy_from_slice(&samples[..n]);
+        let at = |i: usize| -> f32 { if i < n { samples[i] } else { 0.0 } };
+        for i in 0..pad {
+            // numpy "reflect": x[-1-i] = x[i+1]
+            x[pad - 1 - i] = at(i + 1);
+            x[pad + WINDOW_SAMPLES + i] = at(WINDOW_SAMPLES - 2 - i);
+        }
+        let n_bins = N_FFT / 2 + 1;
+        out.clear();
+        out.resize(N_MELS * N_FRAMES, 0.0);
+        let mut buf = vec![Complex32::new(0.0, 0.0); N_FFT];
+        let mut scratch = vec![Complex32::new(0.0, 0.0); self.fft.get_inplace_scratch_len()];
+        let mut power = vec![0.0f32; n_bins];
+        for t in 0..N_FRAMES {
+            let frame = &x[t * HOP..t * HOP + N_FFT];
+            for (b, (&s, &w)) in buf.iter_mut().zip(frame.iter().zip(&self.window)) {
+                *b = Complex32::new(s * w, 0.0);
+            }
+            self.fft.process_with_scratch(&mut buf, &mut scratch);
+            for (p, c) in power.iter_mut().zip(&buf[..n_bins]) {
+                *p = c.re * c.re + c.im * c.im;
+            }
+            for (m, (first, w)) in self.filters.iter().enumerate() {
+                let mut acc = 0.0f32;
+                for (k, &wk) in w.iter().enumerate() {
+                    acc += wk * power[first + k];
+                }
+                out[m * N_FRAMES + t] = acc.max(1e-10).log10();
+            }
+        }
+        let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let floor = max - 8.0;
+        for v in out.iter_mut() {
+            *v = (v.max(floor) + 4.0) / 4.0;
+        }
+    }
+}
+
+fn hz_to_mel_slaney(f: f64) -> f64 {
+    let f_sp = 200.0 / 3.0;
+    let min_log_hz = 1000.0;
+    let min_log_mel = min_log_hz / f_sp;
+    let logstep = (6.4f64).ln() / 27.0;
+    if f >= min_log_hz {
+        min_log_mel + (f / min_log_hz).ln() / logstep
+    } else {
+        f / f_sp
+    }
+}
+
+fn mel_to_hz_slaney(m: f64) -> f64 {
+    let f_sp = 200.0 / 3.0;
+    let min_log_hz = 1000.0;
+    let min_log_mel = min_log_hz / f_sp;
+    let logstep = (6.4f64).ln() / 27.0;
+    if m >= min_log_mel {
+        min_log_hz * (logstep * (m - min_log_mel)).exp()
+    } else {
+        f_sp * m
+    }
+}
+
+/// Dense `[n_mels, n_fft/2+1]` Slaney mel filterbank with Slaney area normalisation, equal to
+/// `librosa.filters.mel(sr, n_fft, n_mels)` (fmin 0, fmax sr/2), which Whisper ships.
+pub fn mel_filters(sr: f64, n_fft: usize, n_mels: usize) -> Vec<f32> {
+    let n_bins = n_fft / 2 + 1;
+    let fft_freqs: Vec<f64> = (0..n_bins).map(|k| k as f64 * sr / n_fft as f64).collect();
+    let (mmin, mmax) = (hz_to_mel_slaney(0.0), hz_to_mel_slaney(sr / 2.0));
+    let mel_f: Vec<f64> = (0..n_mels + 2)
+        .map(|i| mel_to_hz_slaney(mmin + (mmax - mmin) * i as f64 / (n_mels + 1) as f64))
+        .collect();
+    let mut w = vec![0.0f32; n_mels * n_bins];
+    for m in 0..n_mels {
+        let (f0, f1, f2) = (mel_f[m], mel_f[m + 1], mel_f[m + 2]);
+        let enorm = 2.0 / (f2 - f0);
+        for (k, &f) in fft_freqs.iter().enumerate() {
+            let lower = (f - f0) / (f1 - f0);
+            let upper = (f2 - f) / (f2 - f1);
+            w[m * n_bins + k] = (lower.min(upper).max(0.0) * enorm) as f32;
+        }
+    }
+    w
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding rules (pure)
+// ---------------------------------------------------------------------------------------------
+
+/// Token ids the decoding rules need.
+#[derive(Clone, Debug)]
+pub(crate) struct Specials {
+    pub eot: u32,
+    pub sot: u32,
+    pub no_timestamps: u32,
+    pub timestamp_begin: u32,
+}
+
+impl Default for Specials {
+    fn default() -> Self {
+        Self { eot: EOT, sot: SOT, no_timestamps: NO_TIMESTAMPS, timestamp_begin: TIMESTAMP_BEGIN }
+    }
+}
+
+/// Applies suppression and Whisper's timestamp rules to one step's logits in place.
+/// `sampled` are the tokens emitted after the prompt in this window.
+pub(crate) fn apply_rules(logits: &mut [f32], sampled: &[u32], sp: &Specials, suppress: &[u32], suppress_begin: &[u32]) {
+    let v = logits.len();
+    let ninf = f32::NEG_INFINITY;
+    let kill = |logits: &mut [f32], from: usize, to: usize| {
+        for x in &mut logits[from.min(v)..to.min(v)] {
+            *x = ninf;
+        }
+    };
+    let tb = sp.timestamp_begin as usize;
+    if sampled.is_empty() {
+        for &id in suppress_begin {
+            if (id as usize) < v {
+                logits[id as usize] = ninf;
+            }
+        }
+    }
+    for &id in suppress {
+        if (id as usize) < v {
+            logits[id as usize] = ninf;
+        }
+    }
+    if (sp.no_timestamps as usize) < v {
+        logits[sp.no_timestamps as usize] = ninf;
+    }
+    let is_ts = |t: u32| t >= sp.timestamp_begin;
+    let last_ts = sampled.last().is_some_and(|&t| is_ts(t));
+    let penult_ts = sampled.len() < 2 || is_ts(sampled[sampled.len() - 2]);
+    if last_ts {
+        if penult_ts {
+            kill(logits, tb, v);
+        } else {
+            kill(logits, 0, sp.eot as usize);
+        }
+    }
+    if let Some(&last) = sampled.iter().rev().find(|&&t| is_ts(t)) {
+        let limit = if last_ts && !penult_ts { last } else { last + 1 };
+        kill(logits, tb, limit as usize);
+    }
+    if sampled.is_empty() {
+        kill(logits, 0, tb);
+        kill(logits, tb + MAX_INITIAL_TIMESTAMP_STEPS as usize + 1, v);
+    }
+    // If the total probability of "some timestamp" beats every single text token, force a
+    // timestamp.
+    if tb < v {
+        let max_all = logits.iter().copied().fold(ninf, f32::max);
+        if max_all.is_finite() {
+            let lse = |s: &[f32]| -> f32 {
+                let m = s.iter().copied().fold(ninf, f32::max);
+                if !m.is_finite() {
+                    return ninf;
+                }
+                m + s.iter().map(|&x| (x - m).exp()).sum::<f32>().ln()
+            };
+            let total = lse(logits);
+            let ts_lp = lse(&logits[tb..]) - total;
+            let max_text_lp = logits[..tb].iter().copied().fold(ninf, f32::max) - total;
+            if ts_lp > max_text_lp {
+                kill(logits, 0, tb);
+            }
+        }
+    }
+}
+
+/// Suppression without timestamp rules (for `<|notimestamps|>` decoding).
+pub(crate) fn suppress_only(logits: &mut [f32], first: bool, suppress: &[u32], suppress_begin: &[u32]) {
+    let v = logits.len();
+    let lists: [&[u32]; 2] = [suppress, if first { suppress_begin } else { &[] }];
+    for id in lists.into_iter().flatten() {
+        if (*id as usize) < v {
+            logits[*id as usize] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Index of the largest value (first on ties); `None` if all are -inf/NaN.
+pub(crate) fn argmax(v: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &x) in v.iter().enumerate() {
+        if x.is_nan() || x == f32::NEG_INFINITY {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// A window's sampled tokens split into segments: (start step, end step, text tokens).
+/// Returns the segments and how many samples the window consumed (where the next window
+/// starts), following Whisper's `transcribe` logic.
+pub(crate) fn split_segments(
+    tokens: &[u32],
+    sp: &Specials,
+    window_len: usize,
+) -> (Vec<(u32, u32, Vec<u32>)>, usize) {
+    let tb = sp.timestamp_begin;
+    let is_ts = |t: u32| t >= tb;
+    let text_of = |s: &[u32]| s.iter().copied().filter(|&t| t < sp.eot).collect::<Vec<_>>();
+    let n = tokens.len();
+    let single_ending = n >= 2 && !is_ts(tokens[n - 2]) && is_ts(tokens[n - 1]);
+    let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts(tokens[i - 1]) && is_ts(tokens[i])).collect();
+    let mut segs = Vec::new();
+    if !consecutive.is_empty() {
+        let mut slices = consecutive;
+        if single_ending {
+            slices.push(n);
+        }
+        let mut last = 0;
+        for &cur in &slices {
+            let s = &tokens[last..cur];
+            if let (Some(&a), Some(&b)) = (s.first(), s.last()) {
+                if is_ts(a) && is_ts(b) {
+                    segs.push((a - tb, b - tb, text_of(s)));
+                }
+            }
+            last = cur;
+        }
+        let consumed = if single_ending {
+            window_len
+        } else {
+            let last_ts = tokens[last - 1].saturating_sub(tb) as usize;
+            (last_ts * SAMPLES_PER_TOKEN_STEP).min(window_len)
+        };
+        // Guarantee progress even on degenerate output.
+        (segs, if consumed == 0 { window_len } else { consumed })
+    } else {
+        let window_steps = (window_len / SAMPLES_PER_TOKEN_STEP) as u32;
+        let mut end = window_steps;
+        if let Some(&t) = tokens.iter().rev().find(|&&t| is_ts(t)) {
+            if t != tb {
+                end = t - tb;
+            }
+        }
+        let start = tokens.first().filter(|&&t| is_ts(t)).map(|&t| t - tb).unwrap_or(0);
+        let text = text_of(tokens);
+        if !text.is_empty() {
+            segs.push((start, end.max(start), text));
+        }
+        (segs, window_len)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model
+// ---------------------------------------------------------------------------------------------
+
+/// Whisper tiny.en as ONNX encoder + decoder, with its tokenizer and decoding config.
+///
+/// Encoder: `mel` `[B,80,3000]` → `cross_k`, `cross_v` `[layers,B,heads,1500,64]`.
+/// Decoder: `tokens` `[B,T]` i64, `offset` `[1]` i64 (position of the first token),
+/// `cross_k`, `cross_v`, `past_k`, `past_v` `[layers,B,heads,P,64]` → `logits` `[B,T,vocab]`,
+/// `present_k`, `present_v` `[layers,B,heads,P+T,64]`.
+pub struct Whisper {
+    encoder: LoadedModel,
+    decoder: LoadedModel,
+    tokenizer: tokenizers::Tokenizer,
+    suppress: Vec<u32>,
+    suppress_begin: Vec<u32>,
+    specials: Specials,
+    mel: LogMel,
+    sha256: String,
+    /// Tokens sampled per 30 s window at most (Whisper's default 224 = half the context).
+    pub max_tokens_per_window: usize,
+}
+
+fn file_err(path: &Path, reason: String) -> ModelError {
+    ModelError::Load { model: super::file_name(path), reason }
+}
+
+impl Whisper {
+    pub const ID: &'static str = "whisper-tiny.en";
+
+    pub fn load(home: &ModelHome, opts: &ModelOptions) -> Result<Self> {
+        Self::load_files(
+            &home.whisper_encoder(),
+            &home.whisper_decoder(),
+            &home.whisper_tokenizer(),
+            &home.whisper_config(),
+            opts,
+        )
+    }
+
+    pub fn load_files(encoder: &Path, decoder: &Path, tokenizer: &Path, config: &Path, opts: &ModelOptions) -> Result<Self> {
+        let tok_bytes = super::read_model_file(tokenizer)?;
+        let cfg_bytes = super::read_model_file(config)?;
+        let enc = load_model(encoder, opts)?;
+        let dec = load_model(decoder, opts)?;
+        let tok = tokenizers::Tokenizer::from_bytes(&tok_bytes).map_err(|e| file_err(tokenizer, e.to_string()))?;
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&cfg_bytes).map_err(|e| file_err(config, format!("invalid JSON: {e}")))?;
+        let ids = |key: &str| -> Vec<u32> {
+            cfg.get(key)
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+                .unwrap_or_default()
+        };
+        let suppress = ids("suppress_ids");
+        let mut suppress_begin = ids("suppress_ids_begin");
+        if suppress_begin.is_empty() {
+            suppress_begin = vec![220, EOT];
+        }
+        let id_of = |t: &str, d: u32| tok.token_to_id(t).unwrap_or(d);
+        let specials = Specials {
+            eot: id_of("<|endoftext|>", EOT),
+            sot: id_of("<|startoftranscript|>", SOT),
+            no_timestamps: id_of("<|notimestamps|>", NO_TIMESTAMPS),
+            timestamp_begin: id_of("<|0.00|>", TIMESTAMP_BEGIN),
+        };
+        // Check the decoder interface once, so a wrong export fails at load, not mid-stream.
+        let dec_inputs: Vec<String> = dec.pool.input_shapes().into_iter().map(|i| i.0).collect();
+        for want in ["tokens", "offset", "cross_k", "cross_v", "past_k", "past_v"] {
+            if !dec_inputs.iter().any(|n| n == want) {
+                return Err(dec.pool.output_err(format!("decoder input `{want}` missing (has {dec_inputs:?})")));
+            }
+        }
+        let enc_outputs = enc.pool.output_names();
+        for want in ["cross_k", "cross_v"] {
+            if !enc_outputs.iter().any(|n| n == want) {
+                return Err(enc.pool.output_err(format!("encoder output `{want}` missing (has {enc_outputs:?})")));
+            }
+        }
+        let sha256 = format!("{}+{}+{}", enc.sha256, dec.sha256, super::sha256_hex(&tok_bytes));
+        Ok(Self {
+            encoder: enc,
+            decoder: dec,
+            tokenizer: tok,
+            suppress,
+            suppress_begin,
+            specials,
+            mel: LogMel::new(),
+            sha256,
+            max_tokens_per_window: 224,
+        })
+    }
+
+    pub fn id(&self) -> &'static str {
+        Self::ID
+    }
+    /// sha256 of encoder, decoder and tokenizer files, joined by `+`.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+    pub fn encoder_pool(&self) -> &super::SessionPool {
+        &self.encoder.pool
+    }
+    pub fn decoder_pool(&self) -> &super::SessionPool {
+        &self.decoder.pool
+    }
+    pub fn log_mel(&self) -> &LogMel {
+        &self.mel
+    }
+
+    /// Runs the encoder on `[80, 3000]` features; returns (shape, cross_k, cross_v).
+    pub fn encode(&self, mel: &[f32]) -> Result<(Vec<usize>, Vec<f32>, Vec<f32>)> {
+        let pool = &self.encoder.pool;
+        if mel.len() != N_MELS * N_FRAMES {
+            return Err(ModelError::Input { model: self.encoder.file.clone(), reason: format!("mel has {} values", mel.len()) });
+        }
+        let t = TensorRef::from_array_view(([1usize, N_MELS, N_FRAMES], mel)).map_err(|e| pool.run_err(e))?;
+        let mut s = pool.checkout();
+        let out = s
+            .run(vec![(std::borrow::Cow::Borrowed("mel"), ort::session::SessionInputValue::from(t))])
+            .map_err(|e| pool.run_err(e))?;
+        let get = |n: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+            let v = out.get(n).ok_or_else(|| pool.output_err(format!("{n} missing")))?;
+            let (shape, d) = v.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
+            Ok((shape.iter().map(|&x| x.max(0) as usize).collect(), d.to_vec()))
+        };
+        let (shape, k) = get("cross_k")?;
+        let (_, v) = get("cross_v")?;
+        if shape.len() != 5 {
+            return Err(pool.output_err(format!("cross_k has shape {shape:?}, expected 5 dims")));
+        }
+        Ok((shape, k, v))
+    }
+
+    /// Greedy decoding of one window with timestamps; returns the sampled tokens (without
+    /// the prompt and EOT).
+    pub fn decode_window(&self, cross_shape: &[usize], cross_k: &[f32], cross_v: &[f32]) -> Result<Vec<u32>> {
+        self.decode_greedy(cross_shape, cross_k, cross_v, true)
+    }
+
+    /// Greedy decoding. With `timestamps` the prompt is `<|startoftranscript|>` and the
+    /// timestamp rules apply; without, the prompt adds `<|notimestamps|>` and only the
+    /// config's suppression lists apply (plain text, no segment times).
+    pub fn decode_greedy(&self, cross_shape: &[usize], cross_k: &[f32], cross_v: &[f32], timestamps: bool) -> Result<Vec<u32>> {
+        let pool = &self.decoder.pool;
+        if cross_shape.len() != 5 || cross_shape[1] != 1 {
+            return Err(pool.output_err(format!("cross_k shape {cross_shape:?}: expected [layers,1,heads,frames,dim]")));
+        }
+        let (layers, heads, dim) = (cross_shape[0], cross_shape[2], cross_shape[4]);
+        let mut past_k: Vec<f32> = Vec::new();
+        let mut past_v: Vec<f32> = Vec::new();
+        let mut past_len = 0usize;
+        let mut sampled: Vec<u32> = Vec::with_capacity(self.max_tokens_per_window);
+        let mut next_input: Vec<i64> = if timestamps {
+            vec![self.specials.sot as i64]
+        } else {
+            vec![self.specials.sot as i64, self.specials.no_timestamps as i64]
+        };
+        let mut logits_row: Vec<f32> = Vec::new();
+        let mut session = pool.checkout();
+        for _ in 0..self.max_tokens_per_window {
+            let t_len = next_input.len();
+            let offset = [past_len as i64];
+            {
+                use std::borrow::Cow::Borrowed;
+                use ort::session::SessionInputValue as V;
+                let map = |e: ort::Error| pool.run_err(e);
+                let tokens = TensorRef::from_array_view(([1usize, t_len], next_input.as_slice())).map_err(map)?;
+                let off = TensorRef::from_array_view(([1usize], &offset[..])).map_err(map)?;
+                let ck = TensorRef::from_array_view((cross_shape.to_vec(), cross_k)).map_err(map)?;
+                let cv = TensorRef::from_array_view((cross_shape.to_vec(), cross_v)).map_err(map)?;
+                let pshape = vec![layers, 1, heads, past_len, dim];
+                let pk = TensorRef::from_array_view((pshape.clone(), past_k.as_slice())).map_err(map)?;
+                let pv = TensorRef::from_array_view((pshape, past_v.as_slice())).map_err(map)?;
+                let out = session
+                    .run(vec![
+                        (Borrowed("tokens"), V::from(tokens)),
+                        (Borrowed("offset"), V::from(off)),
+                        (Borrowed("cross_k"), V::from(ck)),
+                        (Borrowed("cross_v"), V::from(cv)),
+                        (Borrowed("past_k"), V::from(pk)),
+                        (Borrowed("past_v"), V::from(pv)),
+                    ])
+                    .map_err(|e| pool.run_err(e))?;
+                let lg = out.get("logits").ok_or_else(|| pool.output_err("logits missing"))?;
+                let (lshape, ld) = lg.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
+                let vocab = *lshape.last().ok_or_else(|| pool.output_err("logits without shape"))? as usize;
+                if vocab == 0 || ld.len() < vocab {
+                    return Err(pool.output_err("empty logits"));
+                }
+                logits_row.clear();
+                logits_row.extend_from_slice(&ld[ld.len() - vocab..]);
+                let pk = out.get("present_k").ok_or_else(|| pool.output_err("present_k missing"))?;
+                let pv = out.get("present_v").ok_or_else(|| pool.output_err("present_v missing"))?;
+                let (_, pkd) = pk.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
+                let (_, pvd) = pv.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
+                if pkd.len() != layers * heads * (past_len + t_len) * dim {
+                    return Err(pool.output_err("present_k has an unexpected size"));
+                }
+                past_k.clear();
+                past_k.extend_from_slice(pkd);
+                past_v.clear();
+                past_v.extend_from_slice(pvd);
+            }
+            past_len += t_len;
+            if timestamps {
+                apply_rules(&mut logits_row, &sampled, &self.specials, &self.suppress, &self.suppress_begin);
+            } else {
+                suppress_only(&mut logits_row, sampled.is_empty(), &self.suppress, &self.suppress_begin);
+            }
+            let Some(tok) = argmax(&logits_row) else { break };
+            let tok = tok as u32;
+            if tok == self.specials.eot {
+                break;
+            }
+            sampled.push(tok);
+            if past_len >= 447 {
+                break; // decoder context (448 positions) exhausted
+            }
+            next_input.clear();
+            next_input.push(tok as i64);
+        }
+        Ok(sampled)
+    }
+
+    /// Decodes token ids to text (special and timestamp tokens dropped).
+    pub fn decode_text(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| ModelError::Run { model: super::files::WHISPER_TOKENIZER.to_string(), reason: e.to_string() })
+    }
+
+    /// Transcribes 16 kHz mono audio of any length in 30 s windows.
+    pub fn transcribe(&self, samples: &[f32]) -> Result<Transcript> {
+        let mut segments = Vec::new();
+        self.transcribe_into(samples, 0, &mut segments)?;
+        Ok(assemble(segments))
+    }
+
+    /// Transcribes only the given speech regions (from the VAD), merged into chunks of at
+    /// most 30 s. Skipping silence saves the encoder cost and avoids Whisper's tendency to
+    /// invent text over silence.
+    pub fn transcribe_regions(&self, samples: &[f32], regions: &[SpeechSegment]) -> Result<Transcript> {
+        let mut segments = Vec::new();
+        for (s, e) in merge_regions(regions, samples.len(), 1_000, 30_000) {
+            self.transcribe_into(&samples[s..e], s, &mut segments)?;
+        }
+        Ok(assemble(segments))
+    }
+
+    fn transcribe_into(&self, samples: &[f32], base: usize, segments: &mut Vec<TranscriptSegment>) -> Result<()> {
+        let mut mel = Vec::with_capacity(N_MELS * N_FRAMES);
+        let mut seek = 0usize;
+        // Ignore tails shorter than one token step: nothing can be said in 20 ms.
+        while seek + SAMPLES_PER_TOKEN_STEP < samples.len() {
+            let end = (seek + WINDOW_SAMPLES).min(samples.len());
+            let window = &samples[seek..end];
+            self.mel.compute(window, &mut mel);
+            let (shape, k, v) = self.encode(&mel)?;
+            let tokens = self.decode_window(&shape, &k, &v)?;
+            let (segs, consumed) = split_segments(&tokens, &self.specials, window.len());
+            for (a, b, ids) in segs {
+                let text = self.decode_text(&ids)?;
+                if text.is_empty() {
+                    continue;
+                }
+                let to_ms = |step: u32| ((base + seek) as f64 / SAMPLE_RATE as f64 * 1000.0 + step as f64 * TIME_PRECISION * 1000.0).round() as u64;
+                let end_ms = to_ms(b).min(((base + end) as f64 / SAMPLE_RATE as f64 * 1000.0).round() as u64);
+                segments.push(TranscriptSegment { start_ms: to_ms(a), end_ms: end_ms.max(to_ms(a)), text });
+            }
+            tracing::debug!(target: "classguard::models", window_start_ms = (base + seek) * 1000 / SAMPLE_RATE, tokens = tokens.len(), "whisper window decoded");
+            seek += consumed.max(1);
+        }
+        Ok(())
+    }
+}
+
+fn assemble(segments: Vec<TranscriptSegment>) -> Transcript {
+    let text = segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");
+    Transcript { text, segments }
+}
+
+/// Merges speech regions whose gap is below `max_gap_ms` into sample ranges no longer than
+/// `max_len_ms` (longer regions are split), each padded by 200 ms of context.
+pub(crate) fn merge_regions(regions: &[SpeechSegment], n_samples: usize, max_gap_ms: u64, max_len_ms: u64) -> Vec<(usize, usize)> {
+    let to_s = |ms: u64| ((ms as usize).saturating_mul(SAMPLE_RATE) / 1000).min(n_samples);
+    let pad = 200u64;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut sorted: Vec<SpeechSegment> = regions.to_vec();
+    sorted.sort_by_key(|s| s.start_ms);
+    for r in sorted {
+        let (s, e) = (r.start_ms.saturating_sub(pad), r.end_ms + pad);
+        if let Some(last) = out.last_mut() {
+            if s <= last.1 + max_gap_ms && e.saturating_sub(last.0) <= max_len_ms {
+                last.1 = last.1.max(e);
+                continue;
+            }
+        }
+        out.push((s, e));
+    }
+    out.into_iter()
+        .flat_map(|(s, e)| {
+            let mut v = Vec::new();
+            let mut a = s;
+            while a < e {
+                let b = (a + max_len_ms).min(e);
+                v.push((to_s(a), to_s(b)));
+                a = b;
+            }
+            v
+        })
+        .filter(|(a, b)| b > a)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mel_filters_match_librosa_shape() {
+        let f = mel_filters(16000.0, 400, 80);
+        assert_eq!(f.len(), 80 * 201);
+        // Every band is non-empty and bands are ordered by their peak bin.
+        let mut last_peak = 0;
+        for m in 0..80 {
+            let row = &f[m * 201..(m + 1) * 201];
+            let peak = argmax(row).unwrap();
+            assert!(row[peak] > 0.0);
+            assert!(peak >= last_peak);
+            last_peak = peak;
+        }
+        // Known value from librosa.filters.mel(sr=16000, n_fft=400, n_mels=80)[1, 1]:
+        // band 1 peaks at bin 1 (40 Hz) with weight 2/(mel_f[3]-mel_f[1]).
+        let mel_f1 = mel_to_hz_slaney(hz_to_mel_slaney(8000.0) * 1.0 / 81.0);
+        let mel_f3 = mel_to_hz_slaney(hz_to_mel_slaney(8000.0) * 3.0 / 81.0);
+        let want = 2.0 / (mel_f3 - mel_f1) * ((40.0 - mel_f1) / (mel_to_hz_slaney(hz_to_mel_slaney(8000.0) * 2.0 / 81.0) - mel_f1)).min(1.0);
+        assert!((f[201 + 1] as f64 - want).abs() < 1e-6, "{} vs {want}", f[202]);
+    }
+
+    #[test]
+    fn slaney_mel_roundtrip() {
+        for hz in [0.0, 500.0, 1000.0, 4000.0, 8000.0] {
+            assert!((mel_to_hz_slaney(hz_to_mel_slaney(hz)) - hz).abs() < 1e-6);
+        }
+        assert!((hz_to_mel_slaney(1000.0) - 15.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn log_mel_of_a_tone_peaks_in_the_right_band() {
+        let lm = LogMel::new();
+        let samples: Vec<f32> = (0..16000).map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16000.0).sin() * 0.5).collect();
+        let mut out = Vec::new();
+        lm.compute(&samples, &mut out);
+        assert_eq!(out.len(), 80 * 3000);
+        let col: Vec<f32> = (0..80).map(|m| out[m * 3000 + 50]).collect();
+        let peak = argmax(&col).unwrap();
+        // 1000 Hz = mel 15 on the Slaney scale; bands are ~0.43 mel apart from mel 0.
+        let centre_band = (15.0f64 / (hz_to_mel_slaney(8000.0) / 81.0)).round() as usize - 1;
+        assert!((peak as i64 - centre_band as i64).abs() <= 1, "peak {peak}, expected {centre_band}");
+        // Silent tail: clamped to max - 8 -> the minimum value.
+        let min = out.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!((max - min - 2.0).abs() < 1e-4);
+        assert!((out[10 * 3000 + 2999] - min).abs() < 1e-6);
+    }
+
+    #[test]
+    fn timestamp_rules() {
+        let sp = Specials::default();
+        let v = 51864;
+        let tb = sp.timestamp_begin as usize;
+        // First step: only timestamps up to 1.0 s.
+        let mut l = vec![0.0f32; v];
+        l[100] = 50.0;
+        apply_rules(&mut l, &[], &sp, &[], &[220, sp.eot]);
+        let a = argmax(&l).unwrap();
+        assert!(a >= tb && a <= tb + 50);
+        // After <|0.00|> text: text or timestamps allowed; timestamps must not go back.
+        let mut l = vec![0.0f32; v];
+        l[tb] = 10.0;
+        l[tb + 5] = 5.0;
+        apply_rules(&mut l, &[sp.timestamp_begin + 3, 100], &sp, &[], &[]);
+        assert_eq!(l[tb], f32::NEG_INFINITY);
+        assert_eq!(argmax(&l), Some(tb + 5));
+        // After "text <|t|>": next must be a timestamp (>= t) or EOT, not text.
+        let mut l = vec![0.0f32; v];
+        l[100] = 10.0;
+        apply_rules(&mut l, &[tb as u32, 100, tb as u32 + 20], &sp, &[], &[]);
+        assert_eq!(l[100], f32::NEG_INFINITY);
+        assert!(l[sp.eot as usize].is_finite());
+        assert_eq!(l[tb + 19], f32::NEG_INFINITY);
+        assert!(l[tb + 20].is_finite());
+        // After a pair of timestamps: no timestamp.
+        let mut l = vec![0.0f32; v];
+        apply_rules(&mut l, &[tb as u32, 100, tb as u32 + 20, tb as u32 + 20], &sp, &[], &[]);
+        assert_eq!(l[tb + 30], f32::NEG_INFINITY);
+        assert!(l[100].is_finite());
+        // Suppressed ids never win.
+        let mut l = vec![0.0f32; v];
+        l[7] = 100.0;
+        apply_rules(&mut l, &[tb as u32, 100], &sp, &[7], &[]);
+        assert_ne!(argmax(&l), Some(7));
+    }
+
+    #[test]
+    fn segment_splitting() {
+        let sp = Specials::default();
+        let tb = sp.timestamp_begin;
+        // <0> a b <100><100> c <200>   (single timestamp ending)
+        let toks = [tb, 1, 2, tb + 100, tb + 100, 3, tb + 200];
+        let (segs, consumed) = split_segments(&toks, &sp, WINDOW_SAMPLES);
+        assert_eq!(segs, vec![(0, 100, vec![1, 2]), (100, 200, vec![3])]);
+        assert_eq!(consumed, WINDOW_SAMPLES);
+        // Cut-off last segment: <0> a <100><100> b c (no closing timestamp): resume at 2.00 s.
+        let toks = [tb, 1, tb + 100, tb + 100, 2, 3];
+        let (segs, consumed) = split_segments(&toks, &sp, WINDOW_SAMPLES);
+        assert_eq!(segs, vec![(0, 100, vec![1])]);
+        assert_eq!(consumed, 100 * 320);
+        // One segment only: <0> a b <150>
+        let toks = [tb, 1, 2, tb + 150];
+        let (segs, consumed) = split_segments(&toks, &sp, 160_000);
+        assert_eq!(segs, vec![(0, 150, vec![1, 2])]);
+        assert_eq!(consumed, 160_000);
+        // No timestamps at all: one segment for the window.
+        let (segs, _) = split_segments(&[5, 6], &sp, 160_000);
+        assert_eq!(segs, vec![(0, 500, vec![5, 6])]);
+        assert!(split_segments(&[], &sp, 1000).0.is_empty());
+    }
+
+    #[test]
+    fn region_merging() {
+        let s = |a, b| SpeechSegment { start_ms: a, end_ms: b };
+        let r = merge_regions(&[s(1000, 2000), s(2500, 4000), s(10_000, 11_000)], 16_000 * 60, 1000, 30_000);
+        assert_eq!(r, vec![(800 * 16, 4200 * 16), (9800 * 16, 11_200 * 16)]);
+        let long = merge_regions(&[s(0, 70_000)], 16_000 * 80, 1000, 30_000);
+        assert_eq!(long.len(), 3);
+        assert!(merge_regions(&[], 100, 1000, 30_000).is_empty());
+    }
+}

@@ -1,0 +1,567 @@
+//! The audit policy: every threshold, gate, text rule and decision mapping is data in a TOML file, so
+//! tuning a deployment never needs a rebuild and every verdict can name the exact policy it used
+//! ([`Policy::fingerprint`]).
+//!
+//! The shipped default is `pipelines/classroom.toml`, embedded at build time. Loading is strict:
+//! unknown fields are errors (a misspelt threshold must not silently fall back to its default), and
+//! [`Policy::validate`] range-checks values and compiles every text rule.
+
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::slice::sampling::SamplingConfig;
+use crate::verdict::{labels, Severity};
+
+pub use text::{TextHit, TextPolicy, TextRule};
+
+/// The embedded default policy.
+pub const CLASSROOM_TOML: &str = include_str!("../../pipelines/classroom.toml");
+
+/// A policy that could not be loaded. Every variant names the file (or `<embedded classroom.toml>`).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{origin}: cannot read policy: {source}")]
+    Read {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, wrong type or unknown field; the message carries the key and line.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: `{field}`: {message}")]
+    Invalid { origin: String, field: String, message: String },
+}
+
+impl PolicyError {
+    /// The offending field, where known (`face.identity_threshold`, `text_rules[3].pattern`).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            PolicyError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Face detector model. Both are permissively licensed; YuNet also gives landmarks for alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FaceDetector {
+    #[default]
+    Yunet,
+    Ultraface,
+}
+
+/// Nudity model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NudityModel {
+    /// Yahoo open_nsfw classifier (BSD-2-Clause weights).
+    #[default]
+    OpenNsfw,
+    /// NudeNet detector. Its bundled licence is AGPL-3.0, so it is opt-in only: choosing it may place
+    /// obligations on whoever deploys the service.
+    Nudenet,
+}
+
+/// Speech-to-text model; `off` disables transcription (VAD still runs for the silence check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum WhisperModel {
+    #[default]
+    #[serde(rename = "tiny.en")]
+    TinyEn,
+    #[serde(rename = "base")]
+    Base,
+    #[serde(rename = "off")]
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub face_detector: FaceDetector,
+    pub nudity: NudityModel,
+    pub whisper: WhisperModel,
+    /// Intra-op threads per model session; 0 lets the runtime decide.
+    pub threads: usize,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            face_detector: FaceDetector::Yunet,
+            nudity: NudityModel::OpenNsfw,
+            whisper: WhisperModel::TinyEn,
+            threads: 1,
+        }
+    }
+}
+
+/// Skip an expensive model on a slice that barely differs from the last one it ran on, but never for
+/// longer than `max_gap_ms` (so a slow change cannot hide forever).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrameDiffGate {
+    pub enabled: bool,
+    /// Mean absolute difference (0..255) of a small grey thumbnail below which the slice counts as unchanged.
+    pub threshold: f32,
+    pub max_gap_ms: u64,
+}
+
+impl Default for FrameDiffGate {
+    fn default() -> Self {
+        FrameDiffGate { enabled: true, threshold: 2.0, max_gap_ms: 5_000 }
+    }
+}
+
+/// Gates keep the expensive models off slices and audio that cannot change the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gates {
+    pub frame_diff: FrameDiffGate,
+    /// Run OCR only on desktop slices the sampler marked as a new slide.
+    pub ocr_new_slides_only: bool,
+    /// Run Whisper only over audio the VAD marked as speech.
+    pub whisper_speech_only: bool,
+    /// Slices per model call where the model takes batches.
+    pub batch_size: usize,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates { frame_diff: FrameDiffGate::default(), ocr_new_slides_only: true, whisper_speech_only: true, batch_size: 8 }
+    }
+}
+
+/// "`k` of the last `n` samples" (see [`crate::verdict::SpanBuilder`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Corroboration {
+    pub k: usize,
+    pub n: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FacePolicy {
+    /// Detections scoring below this are not faces.
+    pub detection_score_min: f32,
+    /// Faces smaller than this (shorter box side, slice pixels) are too small to identify.
+    pub min_face_px: u32,
+    /// Variance of the Laplacian of the face crop; below it the crop is too blurred to identify,
+    /// so it neither confirms nor contradicts identity.
+    pub blur_min: f32,
+    /// Cosine similarity to an enrolled template at or above which the face is the teacher
+    /// (0.363 is the published operating point of SFace).
+    pub identity_threshold: f32,
+    pub no_face_min_s: f32,
+    pub multiple_faces_min_s: f32,
+    pub identity_corroboration: Corroboration,
+}
+
+impl Default for FacePolicy {
+    fn default() -> Self {
+        FacePolicy {
+            detection_score_min: 0.7,
+            min_face_px: 40,
+            blur_min: 40.0,
+            identity_threshold: 0.363,
+            no_face_min_s: 30.0,
+            multiple_faces_min_s: 10.0,
+            identity_corroboration: Corroboration { k: 3, n: 5 },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NudityPolicy {
+    /// Model score (0..1) at or above which a slice is a hit.
+    pub threshold: f32,
+    pub corroboration: Corroboration,
+}
+
+impl Default for NudityPolicy {
+    fn default() -> Self {
+        NudityPolicy { threshold: 0.8, corroboration: Corroboration { k: 2, n: 3 } }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechPolicy {
+    /// VAD probability that starts speech.
+    pub vad_threshold: f32,
+    /// VAD probability below which speech ends (hysteresis; at most `vad_threshold`).
+    pub vad_neg_threshold: f32,
+    /// Speech shorter than this is noise.
+    pub min_speech_ms: u64,
+    /// Pauses shorter than this do not split a speech segment.
+    pub min_silence_ms: u64,
+    /// Padding added around speech segments before transcription.
+    pub speech_pad_ms: u64,
+    /// Silence at least this long becomes a `silence` finding.
+    pub silence_min_s: f32,
+}
+
+impl Default for SpeechPolicy {
+    fn default() -> Self {
+        SpeechPolicy {
+            vad_threshold: 0.5,
+            vad_neg_threshold: 0.35,
+            min_speech_ms: 250,
+            min_silence_ms: 500,
+            speech_pad_ms: 200,
+            silence_min_s: 120.0,
+        }
+    }
+}
+
+/// What a finding's label does to the recording's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Pass,
+    Review,
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelDecision {
+    pub action: Action,
+    /// Severity given to findings of this label by the built-in checks (text rules carry their own).
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionPolicy {
+    pub labels: BTreeMap<String, LabelDecision>,
+    /// Action for a label the table does not name (review: unknown means a human should look).
+    pub unknown_label: Action,
+    /// Least action for a partially audited recording.
+    pub partial: Action,
+}
+
+impl DecisionPolicy {
+    pub fn action_for(&self, label: &str) -> Action {
+        self.labels.get(label).map_or(self.unknown_label, |l| l.action)
+    }
+
+    /// Default severity for findings of `label`.
+    pub fn severity_for(&self, label: &str) -> Severity {
+        self.labels.get(label).map_or(Severity::Medium, |l| l.severity)
+    }
+}
+
+impl Default for DecisionPolicy {
+    fn default() -> Self {
+        let l = |action, severity| LabelDecision { action, severity };
+        let labels = [
+            (labels::NUDITY, l(Action::Block, Severity::Critical)),
+            (labels::IDENTITY_MISMATCH, l(Action::Review, Severity::High)),
+            (labels::NO_FACE, l(Action::Review, Severity::Medium)),
+            (labels::MULTIPLE_FACES, l(Action::Review, Severity::Low)),
+            (labels::CONTACT_INFO, l(Action::Review, Severity::High)),
+            (labels::PAYMENT_SOLICITATION, l(Action::Review, Severity::High)),
+            (labels::PROFANITY, l(Action::Review, Severity::Medium)),
+            (labels::SILENCE, l(Action::Pass, Severity::Info)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        DecisionPolicy { labels, unknown_label: Action::Review, partial: Action::Review }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvidencePolicy {
+    /// Evidence files (slices, clips) are deleted this many days after they were written.
+    pub retention_days: u32,
+    /// Face crops are biometric data: off unless a deployment has a reason and a legal basis.
+    pub keep_face_crops: bool,
+    /// Longest transcript/OCR excerpt copied into a finding, in characters.
+    pub max_excerpt_chars: usize,
+}
+
+impl Default for EvidencePolicy {
+    fn default() -> Self {
+        EvidencePolicy { retention_days: 30, keep_face_crops: false, max_excerpt_chars: 200 }
+    }
+}
+
+impl EvidencePolicy {
+    pub fn expires_at(&self, written_at: time::OffsetDateTime) -> time::OffsetDateTime {
+        written_at + time::Duration::days(i64::from(self.retention_days))
+    }
+}
+
+/// Hard bounds on the input, so a hostile or broken upload cannot exhaust memory, disk or time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_file_bytes: u64,
+    pub max_duration_s: u64,
+    pub max_tracks: u32,
+    pub max_frame_width: u32,
+    pub max_frame_height: u32,
+    pub max_fps: f32,
+    pub max_slices: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: 8 << 30,
+            max_duration_s: 6 * 3600,
+            max_tracks: 8,
+            max_frame_width: 3840,
+            max_frame_height: 2160,
+            max_fps: 120.0,
+            max_slices: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+    #[serde(default)]
+    pub models: ModelsConfig,
+    #[serde(default)]
+    pub gates: Gates,
+    #[serde(default)]
+    pub face: FacePolicy,
+    #[serde(default)]
+    pub nudity: NudityPolicy,
+    #[serde(default)]
+    pub speech: SpeechPolicy,
+    #[serde(default)]
+    pub text_rules: Vec<TextRule>,
+    #[serde(default)]
+    pub decision: DecisionPolicy,
+    #[serde(default)]
+    pub evidence: EvidencePolicy,
+    #[serde(default)]
+    pub limits: Limits,
+    /// `text_rules` compiled once at load.
+    #[serde(skip)]
+    text: TextPolicy,
+}
+
+const EMBEDDED_ORIGIN: &str = "<embedded classroom.toml>";
+
+impl Policy {
+    /// The shipped classroom policy.
+    pub fn embedded() -> Result<Policy, PolicyError> {
+        Policy::from_toml_str(CLASSROOM_TOML, EMBEDDED_ORIGIN)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Policy, PolicyError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { origin: origin.clone(), source })?;
+        Policy::from_toml_str(&text, &origin)
+    }
+
+    /// The file at `path`, or the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<Policy, PolicyError> {
+        match path {
+            Some(p) => Policy::from_file(p),
+            None => Policy::embedded(),
+        }
+    }
+
+    /// Parses and validates; `origin` names the source in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let mut policy: Policy = toml::from_str(text)
+            .map_err(|e| PolicyError::Parse { origin: origin.to_string(), message: e.to_string().trim_end().to_string() })?;
+        policy.validate(origin)?;
+        Ok(policy)
+    }
+
+    /// Range-checks every value and compiles the text rules (kept for [`Policy::text`]).
+    pub fn validate(&mut self, origin: &str) -> Result<(), PolicyError> {
+        let invalid = |field: &str, message: String| PolicyError::Invalid {
+            origin: origin.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        let mut v = Checker { errors: Vec::new() };
+
+        v.non_empty("name", &self.name);
+        v.non_empty("version", &self.version);
+
+        let s = &self.sampling;
+        v.positive_u("sampling.camera.interval_ms", s.camera.interval_ms);
+        v.positive_u("sampling.desktop.check_interval_ms", s.desktop.check_interval_ms);
+        v.range("sampling.desktop.change_threshold", s.desktop.change_threshold, 0.0, 255.0);
+        if s.desktop.max_gap_ms < s.desktop.check_interval_ms {
+            v.fail("sampling.desktop.max_gap_ms", "must be at least check_interval_ms".into());
+        }
+
+        v.at_most("models.threads", self.models.threads as u64, 256);
+
+        let g = &self.gates;
+        v.range("gates.frame_diff.threshold", g.frame_diff.threshold, 0.0, 255.0);
+        v.positive_u("gates.frame_diff.max_gap_ms", g.frame_diff.max_gap_ms);
+        v.positive_u("gates.batch_size", g.batch_size as u64);
+        v.at_most("gates.batch_size", g.batch_size as u64, 1024);
+
+        let f = &self.face;
+        v.range("face.detection_score_min", f.detection_score_min, 0.0, 1.0);
+        v.positive_u("face.min_face_px", u64::from(f.min_face_px));
+        v.range("face.blur_min", f.blur_min, 0.0, 1e6);
+        v.range("face.identity_threshold", f.identity_threshold, -1.0, 1.0);
+        v.range("face.no_face_min_s", f.no_face_min_s, 0.0, 86_400.0);
+        v.range("face.multiple_faces_min_s", f.multiple_faces_min_s, 0.0, 86_400.0);
+        v.corroboration("face.identity_corroboration", f.identity_corroboration);
+
+        v.range("nudity.threshold", self.nudity.threshold, 0.0, 1.0);
+        v.corroboration("nudity.corroboration", self.nudity.corroboration);
+
+        let sp = &self.speech;
+        v.range("speech.vad_threshold", sp.vad_threshold, 0.0, 1.0);
+        v.range("speech.vad_neg_threshold", sp.vad_neg_threshold, 0.0, sp.vad_threshold);
+        v.range("speech.silence_min_s", sp.silence_min_s, 0.0, 86_400.0);
+        v.positive_f("speech.silence_min_s", sp.silence_min_s);
+
+        for (label, _) in self.decision.labels.iter() {
+            if label.trim().is_empty() {
+                v.fail("decision.labels", "empty label".into());
+            }
+        }
+        for (i, r) in self.text_rules.iter().enumerate() {
+            if !self.decision.labels.contains_key(&r.label) {
+                v.fail(
+                    &format!("text_rules[{i}].label"),
+                    format!("label `{}` of rule `{}` is not in [decision.labels]", r.label, r.id),
+                );
+            }
+        }
+
+        let e = &self.evidence;
+        v.positive_u("evidence.retention_days", u64::from(e.retention_days));
+        v.at_most("evidence.retention_days", u64::from(e.retention_days), 3650);
+
+        let l = &self.limits;
+        v.positive_u("limits.max_file_bytes", l.max_file_bytes);
+        v.positive_u("limits.max_duration_s", l.max_duration_s);
+        v.positive_u("limits.max_tracks", u64::from(l.max_tracks));
+        v.positive_u("limits.max_frame_width", u64::from(l.max_frame_width));
+        v.positive_u("limits.max_frame_height", u64::from(l.max_frame_height));
+        v.range("limits.max_fps", l.max_fps, 0.0, 1000.0);
+        v.positive_f("limits.max_fps", l.max_fps);
+        v.positive_u("limits.max_slices", l.max_slices);
+
+        if let Some((field, message)) = v.errors.into_iter().next() {
+            return Err(invalid(&field, message));
+        }
+        self.text = TextPolicy::compile(&self.text_rules).map_err(|e| invalid(&e.field, e.message))?;
+        Ok(())
+    }
+
+    /// The compiled `[[text_rules]]`.
+    pub fn text(&self) -> &TextPolicy {
+        &self.text
+    }
+
+    /// Canonical serialised form: JSON of the parsed policy with defaults filled in and maps sorted, so
+    /// comments, key order and omitted defaults do not change it but any effective value does.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("policy serialises")
+    }
+
+    /// sha256 (hex) of [`Policy::canonical_json`].
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
+    }
+}
+
+/// Collects validation failures; the first one is reported.
+struct Checker {
+    errors: Vec<(String, String)>,
+}
+
+impl Checker {
+    fn fail(&mut self, field: &str, message: String) {
+        self.errors.push((field.to_string(), message));
+    }
+    fn non_empty(&mut self, field: &str, v: &str) {
+        if v.trim().is_empty() {
+            self.fail(field, "must not be empty".into());
+        }
+    }
+    fn range(&mut self, field: &str, v: f32, lo: f32, hi: f32) {
+        if !(lo..=hi).contains(&v) {
+            self.fail(field, format!("{v} is outside [{lo}, {hi}]"));
+        }
+    }
+    fn positive_f(&mut self, field: &str, v: f32) {
+        if v.is_nan() || v <= 0.0 {
+            self.fail(field, format!("{v} must be greater than 0"));
+        }
+    }
+    fn positive_u(&mut self, field: &str, v: u64) {
+        if v == 0 {
+            self.fail(field, "must be greater than 0".into());
+        }
+    }
+    fn at_most(&mut self, field: &str, v: u64, hi: u64) {
+        if v > hi {
+            self.fail(field, format!("{v} is more than {hi}"));
+        }
+    }
+    fn corroboration(&mut self, field: &str, c: Corroboration) {
+        if c.n == 0 || c.n > 1000 {
+            self.fail(&format!("{field}.n"), format!("{} is outside [1, 1000]", c.n));
+        } else if c.k == 0 || c.k > c.n {
+            self.fail(&format!("{field}.k"), format!("{} is outside [1, n = {}]", c.k, c.n));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_policy_loads_and_compiles_rules() {
+        let p = Policy::embedded().unwrap();
+        assert_eq!(p.name, "classroom");
+        assert_eq!(p.models.nudity, NudityModel::OpenNsfw);
+        assert!(!p.evidence.keep_face_crops);
+        assert!(p.text().rule_count() > 5);
+    }
+
+    #[test]
+    fn minimal_policy_gets_safe_defaults() {
+        let p = Policy::from_toml_str("name = \"m\"\nversion = \"1\"\n", "mem").unwrap();
+        assert_eq!(p.face.identity_threshold, 0.363);
+        assert!(p.gates.frame_diff.enabled);
+        assert_eq!(p.decision.action_for(labels::NUDITY), Action::Block);
+        assert_eq!(p.decision.action_for("something_new"), Action::Review);
+        assert_eq!(p.text().rule_count(), 0);
+    }
+
+    #[test]
+    fn fingerprint_ignores_formatting_but_not_values() {
+        let a = Policy::from_toml_str("name = \"m\"\nversion = \"1\"\n", "a").unwrap();
+        let b = Policy::from_toml_str("# comment\nversion = \"1\"\nname   = \"m\"\n[face]\nidentity_threshold = 0.363\n", "b")
+            .unwrap();
+        let c = Policy::from_toml_str("name = \"m\"\nversion = \"1\"\n[face]\nidentity_threshold = 0.4\n", "c").unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_eq!(a.fingerprint().len(), 64);
+    }
+}
