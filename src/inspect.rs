@@ -7,8 +7,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::models::{
-    cosine, FaceDetector, FaceDetectorKind, FaceEmbedder, ModelError, ModelHome, ModelOptions, NsfwClassifier,
-    NudeNetDetector, Ocr, Vad, Whisper,
+    cosine, FaceDetector, FaceDetectorKind, FaceEmbedder, ModelError, ModelHome, ModelOptions,
+    NsfwClassifier, NudeNetDetector, Ocr, Vad, Whisper,
 };
 
 /// What `inspect_image` runs and where the models live.
@@ -42,9 +42,14 @@ fn display_name(path: &Path) -> String {
 
 /// Loads an image file as RGB. Decoding errors name the file, never panic.
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| ModelError::Decode { path: path.to_path_buf(), reason: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let img = image::load_from_memory(&bytes).map_err(|e| ModelError::Decode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     Ok(img.to_rgb8())
 }
 
@@ -54,18 +59,27 @@ pub fn inspect_image(path: &Path, opts: &InspectOptions) -> Result<Value, ModelE
     let mut out = serde_json::Map::new();
     let detector = FaceDetector::load(opts.detector, &opts.home, &opts.model)?;
     let faces = detector.detect(&img)?;
-    out.insert("faces".into(), serde_json::to_value(&faces).unwrap_or(Value::Null));
+    out.insert(
+        "faces".into(),
+        serde_json::to_value(&faces).unwrap_or(Value::Null),
+    );
     if opts.nsfw {
         let nsfw = NsfwClassifier::load(&opts.home.open_nsfw(), &opts.model)?;
         out.insert("nsfw".into(), json!(nsfw.score(&img)?));
     }
     if opts.nudenet {
         let nn = NudeNetDetector::load(&opts.home.nudenet(), &opts.model)?;
-        out.insert("nudenet".into(), serde_json::to_value(nn.detect(&img)?).unwrap_or(Value::Null));
+        out.insert(
+            "nudenet".into(),
+            serde_json::to_value(nn.detect(&img)?).unwrap_or(Value::Null),
+        );
     }
     if opts.ocr {
         let ocr = Ocr::load(&opts.home, &opts.model)?;
-        out.insert("ocr".into(), serde_json::to_value(ocr.read(&img)?).unwrap_or(Value::Null));
+        out.insert(
+            "ocr".into(),
+            serde_json::to_value(ocr.read(&img)?).unwrap_or(Value::Null),
+        );
     }
     Ok(Value::Object(out))
 }
@@ -98,7 +112,12 @@ pub fn inspect_compare(a: &Path, b: &Path, threshold: f32) -> Result<Value, Mode
 
 /// `{ "similarity": s, "same_person": s >= threshold, "threshold": t }` for the largest face
 /// of each image (SFace cosine; 0.363 is the published operating point).
-pub fn inspect_compare_with(a: &Path, b: &Path, threshold: f32, opts: &InspectOptions) -> Result<Value, ModelError> {
+pub fn inspect_compare_with(
+    a: &Path,
+    b: &Path,
+    threshold: f32,
+    opts: &InspectOptions,
+) -> Result<Value, ModelError> {
     let detector = FaceDetector::load(opts.detector, &opts.home, &opts.model)?;
     let embedder = FaceEmbedder::load(&opts.home.sface(), &opts.model)?;
     let embed = |p: &Path| -> Result<Vec<f32>, ModelError> {
@@ -107,7 +126,10 @@ pub fn inspect_compare_with(a: &Path, b: &Path, threshold: f32, opts: &InspectOp
         let face = faces
             .iter()
             .max_by(|x, y| x.area().total_cmp(&y.area()))
-            .ok_or_else(|| ModelError::Input { model: "face detector".into(), reason: format!("no face found in {}", display_name(p)) })?;
+            .ok_or_else(|| ModelError::Input {
+                model: "face detector".into(),
+                reason: format!("no face found in {}", display_name(p)),
+            })?;
         embedder.embed(&img, face)
     };
     let (ea, eb) = (embed(a)?, embed(b)?);
@@ -124,7 +146,11 @@ pub fn inspect_compare_with(a: &Path, b: &Path, threshold: f32, opts: &InspectOp
 /// WAV, FLAC and Ogg/Vorbis are decoded in-process with symphonia; Opus, WebM/Matroska and
 /// anything symphonia cannot handle go through the GStreamer decoder of the slicing stage.
 pub fn decode_audio_16k_mono(path: &Path) -> Result<Vec<f32>, ModelError> {
-    let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default();
     let native = matches!(ext.as_str(), "wav" | "wave" | "flac" | "ogg" | "oga");
     if native {
         match decode_symphonia(path) {
@@ -136,8 +162,10 @@ pub fn decode_audio_16k_mono(path: &Path) -> Result<Vec<f32>, ModelError> {
             Err(e) => return Err(e),
         }
     }
-    crate::slice::audio::decode_file_16k_mono(path)
-        .map_err(|e| ModelError::Decode { path: path.to_path_buf(), reason: e.to_string() })
+    crate::slice::audio::decode_file_16k_mono(path).map_err(|e| ModelError::Decode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Decodes with symphonia and downmixes to mono; returns (samples, sample rate).
@@ -149,17 +177,30 @@ fn decode_symphonia(path: &Path) -> Result<(Vec<f32>, u32), ModelError> {
     use symphonia::core::io::MediaSourceStream;
     use symphonia::core::meta::MetadataOptions;
 
-    let derr = |reason: String| ModelError::Decode { path: path.to_path_buf(), reason };
-    let file = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let derr = |reason: String| ModelError::Decode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(e) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(e);
     }
     let mut format = symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
         .map_err(|e| derr(e.to_string()))?;
-    let track = format.default_track(TrackType::Audio).ok_or_else(|| derr("no audio track".into()))?;
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or_else(|| derr("no audio track".into()))?;
     let track_id = track.id;
     let params = track
         .codec_params
@@ -190,7 +231,11 @@ fn decode_symphonia(path: &Path) -> Result<(Vec<f32>, u32), ModelError> {
                 rate = buf.spec().rate();
                 inter.resize(buf.samples_interleaved(), 0.0);
                 buf.copy_to_slice_interleaved(&mut inter);
-                mono.extend(inter.chunks_exact(ch).map(|f| f.iter().sum::<f32>() / ch as f32));
+                mono.extend(
+                    inter
+                        .chunks_exact(ch)
+                        .map(|f| f.iter().sum::<f32>() / ch as f32),
+                );
             }
             // A damaged packet: skip it, as players do.
             Err(SErr::DecodeError(_)) | Err(SErr::IoError(_)) => continue,
@@ -223,13 +268,21 @@ pub fn resample_to_16k(x: &[f32], rate: u32) -> Vec<f32> {
         for (i, &xi) in x.iter().enumerate().take(hi + 1).skip(lo) {
             let d = i as f64 - t;
             let arg = d * cutoff;
-            let sinc = if arg.abs() < 1e-9 { 1.0 } else { (std::f64::consts::PI * arg).sin() / (std::f64::consts::PI * arg) };
+            let sinc = if arg.abs() < 1e-9 {
+                1.0
+            } else {
+                (std::f64::consts::PI * arg).sin() / (std::f64::consts::PI * arg)
+            };
             let win = 0.5 + 0.5 * (std::f64::consts::PI * d / half).cos();
             let w = sinc * win;
             acc += w * xi as f64;
             wsum += w;
         }
-        out.push(if wsum.abs() > 1e-9 { (acc / wsum) as f32 } else { 0.0 });
+        out.push(if wsum.abs() > 1e-9 {
+            (acc / wsum) as f32
+        } else {
+            0.0
+        });
     }
     out
 }
@@ -240,7 +293,9 @@ mod tests {
 
     #[test]
     fn resample_keeps_a_tone() {
-        let x: Vec<f32> = (0..48_000).map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 48_000.0).sin()).collect();
+        let x: Vec<f32> = (0..48_000)
+            .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 48_000.0).sin())
+            .collect();
         let y = resample_to_16k(&x, 48_000);
         assert_eq!(y.len(), 16_000);
         for (j, &v) in y.iter().enumerate().skip(100).take(15_800) {
@@ -261,7 +316,10 @@ mod tests {
         let w = dir.join("broken.wav");
         std::fs::write(&w, b"RIFF....WAVEjunk").unwrap();
         assert!(decode_symphonia(&w).is_err());
-        assert!(matches!(load_rgb(&dir.join("missing.png")), Err(ModelError::Io { .. })));
+        assert!(matches!(
+            load_rgb(&dir.join("missing.png")),
+            Err(ModelError::Io { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

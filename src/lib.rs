@@ -4,14 +4,14 @@
 //! Each stage is a module with one job; stages exchange small typed values over bounded channels.
 
 pub mod demux;
+pub mod models;
 pub mod mux;
 pub mod slice;
-pub mod models;
 
+pub mod app;
+pub mod ingest;
+pub mod inspect;
 pub mod policy;
+pub mod sink;
 pub mod store;
 pub mod verdict;
-pub mod ingest;
-pub mod sink;
-pub mod app;
-pub mod inspect;

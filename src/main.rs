@@ -36,7 +36,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "classguard=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "classguard=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -52,7 +53,10 @@ fn slice(inputs: Vec<PathBuf>, out: PathBuf, role: Option<Role>) -> ExitCode {
         eprintln!("error: {e}");
     }
     for rec in &recordings {
-        let opts = SliceOptions { role, ..SliceOptions::default() };
+        let opts = SliceOptions {
+            role,
+            ..SliceOptions::default()
+        };
         match slice_cmd::slice_one(rec, &out, opts) {
             Ok(m) => {
                 info!(recording = %rec.id, slices = m.slices.len(), partial = m.partial, "sliced");

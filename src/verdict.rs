@@ -28,7 +28,9 @@ pub mod labels {
 }
 
 /// How serious a finding is. Ordered: `Info < Low < Medium < High < Critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -254,7 +256,11 @@ pub struct PolicyRef {
 
 impl From<&Policy> for PolicyRef {
     fn from(p: &Policy) -> Self {
-        PolicyRef { name: p.name.clone(), version: p.version.clone(), fingerprint: p.fingerprint() }
+        PolicyRef {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            fingerprint: p.fingerprint(),
+        }
     }
 }
 
@@ -313,7 +319,11 @@ pub fn now_rfc3339() -> String {
 /// part of the recording went unaudited, since absence of findings there proves nothing.
 pub fn decide(policy: &Policy, findings: &[Finding], partial: bool) -> Decision {
     let d = &policy.decision;
-    let mut action = findings.iter().map(|f| d.action_for(&f.label)).max().unwrap_or(Action::Pass);
+    let mut action = findings
+        .iter()
+        .map(|f| d.action_for(&f.label))
+        .max()
+        .unwrap_or(Action::Pass);
     if partial {
         action = action.max(d.partial);
     }
@@ -463,7 +473,10 @@ impl SpanBuilder {
 
     /// Convenience for a complete series.
     pub fn build(mut self, samples: impl IntoIterator<Item = (u64, bool)>) -> Vec<Span> {
-        let mut out: Vec<Span> = samples.into_iter().filter_map(|(t, h)| self.push(t, h)).collect();
+        let mut out: Vec<Span> = samples
+            .into_iter()
+            .filter_map(|(t, h)| self.push(t, h))
+            .collect();
         out.extend(self.finish());
         out
     }
@@ -485,11 +498,19 @@ mod tests {
     use super::*;
 
     fn series(pattern: &str, interval: u64) -> Vec<(u64, bool)> {
-        pattern.chars().enumerate().map(|(i, c)| (i as u64 * interval, c == 'H')).collect()
+        pattern
+            .chars()
+            .enumerate()
+            .map(|(i, c)| (i as u64 * interval, c == 'H'))
+            .collect()
     }
 
     fn spans(pattern: &str, k: usize, n: usize) -> Vec<(u64, u64)> {
-        SpanBuilder::new(1000, k, n).build(series(pattern, 1000)).iter().map(|s| (s.start_ms, s.end_ms)).collect()
+        SpanBuilder::new(1000, k, n)
+            .build(series(pattern, 1000))
+            .iter()
+            .map(|s| (s.start_ms, s.end_ms))
+            .collect()
     }
 
     #[test]
@@ -529,19 +550,36 @@ mod tests {
 
     #[test]
     fn min_duration_drops_short_spans() {
-        let s = SpanBuilder::new(1000, 1, 1).min_duration_ms(3000).build(series("HH...HHH..", 1000));
-        assert_eq!(s.iter().map(|s| (s.start_ms, s.end_ms)).collect::<Vec<_>>(), vec![(5000, 8000)]);
+        let s = SpanBuilder::new(1000, 1, 1)
+            .min_duration_ms(3000)
+            .build(series("HH...HHH..", 1000));
+        assert_eq!(
+            s.iter().map(|s| (s.start_ms, s.end_ms)).collect::<Vec<_>>(),
+            vec![(5000, 8000)]
+        );
     }
 
     #[test]
     fn time_gap_closes_and_resets() {
-        let samples = vec![(0, true), (1000, true), (2000, true), (10_000, true), (11_000, true)];
+        let samples = vec![
+            (0, true),
+            (1000, true),
+            (2000, true),
+            (10_000, true),
+            (11_000, true),
+        ];
         let s = SpanBuilder::new(1000, 2, 3).build(samples);
-        assert_eq!(s.iter().map(|s| (s.start_ms, s.end_ms)).collect::<Vec<_>>(), vec![(0, 3000), (10_000, 12_000)]);
+        assert_eq!(
+            s.iter().map(|s| (s.start_ms, s.end_ms)).collect::<Vec<_>>(),
+            vec![(0, 3000), (10_000, 12_000)]
+        );
         // A custom gap tolerance bridges it.
         let samples = vec![(0, true), (1000, true), (5000, true)];
         let s = SpanBuilder::new(1000, 1, 1).max_gap_ms(5000).build(samples);
-        assert_eq!(s.iter().map(|s| (s.start_ms, s.end_ms)).collect::<Vec<_>>(), vec![(0, 6000)]);
+        assert_eq!(
+            s.iter().map(|s| (s.start_ms, s.end_ms)).collect::<Vec<_>>(),
+            vec![(0, 6000)]
+        );
     }
 
     #[test]
@@ -553,9 +591,18 @@ mod tests {
 
     #[test]
     fn non_increasing_pts_ignored() {
-        let samples = vec![(0, true), (1000, true), (1000, false), (500, false), (2000, true)];
+        let samples = vec![
+            (0, true),
+            (1000, true),
+            (1000, false),
+            (500, false),
+            (2000, true),
+        ];
         let s = SpanBuilder::new(1000, 1, 1).build(samples);
-        assert_eq!(s.iter().map(|s| (s.start_ms, s.end_ms)).collect::<Vec<_>>(), vec![(0, 3000)]);
+        assert_eq!(
+            s.iter().map(|s| (s.start_ms, s.end_ms)).collect::<Vec<_>>(),
+            vec![(0, 3000)]
+        );
     }
 
     #[test]
@@ -564,9 +611,15 @@ mod tests {
         assert_eq!(b.push(0, true), None);
         assert_eq!(b.push(500, true), None);
         let closed = b.push(1000, false).expect("closed by a miss");
-        assert_eq!((closed.start_ms, closed.end_ms, closed.hits, closed.samples), (0, 1000, 2, 2));
+        assert_eq!(
+            (closed.start_ms, closed.end_ms, closed.hits, closed.samples),
+            (0, 1000, 2, 2)
+        );
         assert_eq!(b.push(1500, true), None);
-        assert_eq!(b.finish().map(|s| (s.start_ms, s.end_ms)), Some((1500, 2000)));
+        assert_eq!(
+            b.finish().map(|s| (s.start_ms, s.end_ms)),
+            Some((1500, 2000))
+        );
         assert_eq!(b.finish(), None);
     }
 
@@ -595,8 +648,16 @@ mod tests {
             stats: Stats::default(),
             policy: PolicyRef::from(&policy),
             models: vec![
-                ModelUse { role: "a".into(), id: "a".into(), sha256: "11".repeat(32) },
-                ModelUse { role: "b".into(), id: "b".into(), sha256: "22".repeat(32) },
+                ModelUse {
+                    role: "a".into(),
+                    id: "a".into(),
+                    sha256: "11".repeat(32),
+                },
+                ModelUse {
+                    role: "b".into(),
+                    id: "b".into(),
+                    sha256: "22".repeat(32),
+                },
             ],
             created_at: now_rfc3339(),
         };

@@ -13,7 +13,8 @@ fn labels(hits: &[TextHit]) -> Vec<&str> {
 }
 
 fn has(hits: &[TextHit], label: &str, matched_contains: &str) -> bool {
-    hits.iter().any(|h| h.label == label && h.matched.contains(matched_contains))
+    hits.iter()
+        .any(|h| h.label == label && h.matched.contains(matched_contains))
 }
 
 #[test]
@@ -22,7 +23,10 @@ fn shipped_policy_loads_from_file_and_embedded_alike() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/classroom.toml");
     let from_file = Policy::from_file(path.as_ref()).unwrap();
     assert_eq!(embedded.fingerprint(), from_file.fingerprint());
-    assert_eq!(Policy::load(None).unwrap().fingerprint(), embedded.fingerprint());
+    assert_eq!(
+        Policy::load(None).unwrap().fingerprint(),
+        embedded.fingerprint()
+    );
     assert_eq!(embedded.face.identity_threshold, 0.363);
     assert!(!embedded.evidence.keep_face_crops);
     assert_eq!(embedded.decision.action_for("nudity"), Action::Block);
@@ -47,8 +51,13 @@ fn classroom_with(section: &str, line: &str) -> String {
     let base = include_str!("../pipelines/classroom.toml");
     let key = line.split('=').next().unwrap().trim();
     let header = format!("[{section}]\n");
-    let start = base.find(&header).unwrap_or_else(|| panic!("no [{section}]")) + header.len();
-    let end = base[start..].find("\n[").map_or(base.len(), |i| start + i + 1);
+    let start = base
+        .find(&header)
+        .unwrap_or_else(|| panic!("no [{section}]"))
+        + header.len();
+    let end = base[start..]
+        .find("\n[")
+        .map_or(base.len(), |i| start + i + 1);
     let body: String = base[start..end]
         .lines()
         .filter(|l| l.split('=').next().unwrap().trim() != key)
@@ -64,12 +73,32 @@ fn invalid(text: &str) -> PolicyError {
 #[test]
 fn out_of_range_values_name_the_field_and_file() {
     let cases = [
-        ("face", "identity_threshold = 1.5", "face.identity_threshold"),
-        ("face", "detection_score_min = -0.1", "face.detection_score_min"),
+        (
+            "face",
+            "identity_threshold = 1.5",
+            "face.identity_threshold",
+        ),
+        (
+            "face",
+            "detection_score_min = -0.1",
+            "face.detection_score_min",
+        ),
         ("nudity", "threshold = 2.0", "nudity.threshold"),
-        ("nudity", "corroboration = { k = 4, n = 3 }", "nudity.corroboration.k"),
-        ("face", "identity_corroboration = { k = 1, n = 0 }", "face.identity_corroboration.n"),
-        ("speech", "vad_neg_threshold = 0.9", "speech.vad_neg_threshold"),
+        (
+            "nudity",
+            "corroboration = { k = 4, n = 3 }",
+            "nudity.corroboration.k",
+        ),
+        (
+            "face",
+            "identity_corroboration = { k = 1, n = 0 }",
+            "face.identity_corroboration.n",
+        ),
+        (
+            "speech",
+            "vad_neg_threshold = 0.9",
+            "speech.vad_neg_threshold",
+        ),
         ("gates", "batch_size = 0", "gates.batch_size"),
         ("limits", "max_file_bytes = 0", "limits.max_file_bytes"),
         ("evidence", "retention_days = 0", "evidence.retention_days"),
@@ -78,7 +107,10 @@ fn out_of_range_values_name_the_field_and_file() {
         let e = invalid(&classroom_with(section, line));
         assert_eq!(e.field(), Some(field), "{line}: {e}");
         let msg = e.to_string();
-        assert!(msg.contains("test.toml") && msg.contains(field), "{line}: {msg}");
+        assert!(
+            msg.contains("test.toml") && msg.contains(field),
+            "{line}: {msg}"
+        );
     }
 }
 
@@ -98,13 +130,20 @@ fn unknown_fields_and_bad_types_are_parse_errors_naming_the_key() {
 #[test]
 fn bad_text_rules_name_the_rule() {
     let base = include_str!("../pipelines/classroom.toml");
-    let bad_regex = format!("{base}\n[[text_rules]]\nid = \"x\"\nlabel = \"profanity\"\npattern = '(oops'\n");
+    let bad_regex =
+        format!("{base}\n[[text_rules]]\nid = \"x\"\nlabel = \"profanity\"\npattern = '(oops'\n");
     let e = invalid(&bad_regex);
     assert!(e.field().unwrap().ends_with("].pattern"), "{e}");
-    let dup = format!("{base}\n[[text_rules]]\nid = \"profanity.en\"\nlabel = \"profanity\"\nwords = [\"x\"]\n");
+    let dup = format!(
+        "{base}\n[[text_rules]]\nid = \"profanity.en\"\nlabel = \"profanity\"\nwords = [\"x\"]\n"
+    );
     let e = invalid(&dup);
-    assert!(e.field().unwrap().ends_with("].id") && e.to_string().contains("duplicate"), "{e}");
-    let unknown_label = format!("{base}\n[[text_rules]]\nid = \"y\"\nlabel = \"profanityy\"\nwords = [\"x\"]\n");
+    assert!(
+        e.field().unwrap().ends_with("].id") && e.to_string().contains("duplicate"),
+        "{e}"
+    );
+    let unknown_label =
+        format!("{base}\n[[text_rules]]\nid = \"y\"\nlabel = \"profanityy\"\nwords = [\"x\"]\n");
     let e = invalid(&unknown_label);
     assert!(e.field().unwrap().ends_with("].label"), "{e}");
 }
@@ -153,18 +192,31 @@ fn english_positives() {
     let p = classroom();
     let cases = [
         ("Call me at 13800138000 tonight", "contact_info"),
+        ("Call 010-12345678", "contact_info"),
+        ("Tel: 0086 10 1234 5678", "contact_info"),
+        ("my wechat is teacher123", "contact_info"),
+        ("skype: li.teacher", "contact_info"),
         ("My number is +1 (415) 555-0100.", "contact_info"),
         ("text 415-555-0100", "contact_info"),
         ("+44 20 7946 0958", "contact_info"),
-        ("my phone is one three eight zero zero one three eight zero zero zero", "contact_info"),
+        (
+            "my phone is one three eight zero zero one three eight zero zero zero",
+            "contact_info",
+        ),
         ("write to teacher dot li at example dot com", "contact_info"),
         ("mail me: Li.Wei+class@school.edu.cn", "contact_info"),
-        ("WhatsApp me, my WhatsApp number is 4155550100", "contact_info"),
+        (
+            "WhatsApp me, my WhatsApp number is 4155550100",
+            "contact_info",
+        ),
         ("WeChat ID: teacher_li88", "contact_info"),
         ("find me on Telegram: @teacher_li", "contact_info"),
         ("QQ: 12345678", "contact_info"),
         ("you can pay me directly next time", "payment_solicitation"),
-        ("let's do it outside the platform, it's cheaper", "payment_solicitation"),
+        (
+            "let's do it outside the platform, it's cheaper",
+            "payment_solicitation",
+        ),
         ("send me the money by bank transfer", "payment_solicitation"),
         ("Venmo works too", "payment_solicitation"),
         ("this is fucking hard", "profanity"),
@@ -176,7 +228,10 @@ fn english_positives() {
     ];
     for (text, label) in cases {
         let hits = p.text().scan(text);
-        assert!(labels(&hits).contains(&label), "{text:?} should give {label}: {hits:#?}");
+        assert!(
+            labels(&hits).contains(&label),
+            "{text:?} should give {label}: {hits:#?}"
+        );
     }
 }
 
@@ -202,7 +257,10 @@ fn chinese_positives() {
     ];
     for (text, label) in cases {
         let hits = p.text().scan(text);
-        assert!(labels(&hits).contains(&label), "{text:?} should give {label}: {hits:#?}");
+        assert!(
+            labels(&hits).contains(&label),
+            "{text:?} should give {label}: {hits:#?}"
+        );
         for h in &hits {
             assert_eq!(&text[h.span.0..h.span.1], h.matched);
         }
@@ -225,6 +283,10 @@ fn ordinary_lesson_text_gives_no_hits() {
         "Energy transfer in a food chain; a bank of the river; the platform of a train station.",
         "We will have a Skype call with the other class. Signal: noise ratio. Line number twelve.",
         "Look at khanacademy.org for more exercises, or look at the board.",
+        "Look at the dot com bubble of 2000.",
+        "Telegram was invented in the 19th century; WhatsApp is an app; the QQ plot of residuals.",
+        "We have 365 days in a year, 1,000,000 people, pi is 3.14159265, light travels 3 x 10^8 m/s.",
+        "Coordinates 39.9042, 116.4074; the date 2019-05-12 10:30:00.",
         "The time is 10:30, the temperature is -5 degrees, and the score was 3-2.",
         "ISBN 978-3-16-148410-0, published 2019-05-12.",
         "Multiply 123 by 456: the result is 56088.",
@@ -249,7 +311,10 @@ fn language_filter_applies_only_to_language_specific_rules() {
     // The Chinese list does not run on an English transcript; e-mail (lang any) still does.
     assert!(p.text().scan_lang("你这个傻逼", "en").is_empty());
     assert!(!p.text().scan_lang("你这个傻逼", "zh").is_empty());
-    assert!(!p.text().scan_lang("teacher.li@example.com", "zh").is_empty());
+    assert!(!p
+        .text()
+        .scan_lang("teacher.li@example.com", "zh")
+        .is_empty());
 }
 
 fn finding(label: &str) -> Finding {
@@ -260,7 +325,10 @@ fn finding(label: &str) -> Finding {
         start_ms: 0,
         end_ms: 1000,
         confidence: 0.9,
-        model: ModelRef { id: "m".into(), sha256: "0".repeat(64) },
+        model: ModelRef {
+            id: "m".into(),
+            sha256: "0".repeat(64),
+        },
         rule_id: format!("test.{label}"),
         evidence: Evidence::default(),
         reason: "test".into(),
@@ -271,11 +339,31 @@ fn finding(label: &str) -> Finding {
 fn decision_follows_the_policy_table() {
     let p = classroom();
     assert_eq!(decide(&p, &[], false), Decision::Pass);
-    assert_eq!(decide(&p, &[], true), Decision::Review, "partial audit cannot pass");
+    assert_eq!(
+        decide(&p, &[], true),
+        Decision::Review,
+        "partial audit cannot pass"
+    );
     assert_eq!(decide(&p, &[finding("silence")], false), Decision::Pass);
-    assert_eq!(decide(&p, &[finding("contact_info")], false), Decision::Review);
-    assert_eq!(decide(&p, &[finding("identity_mismatch")], false), Decision::Review);
-    assert_eq!(decide(&p, &[finding("silence"), finding("nudity"), finding("profanity")], false), Decision::Block);
+    assert_eq!(
+        decide(&p, &[finding("contact_info")], false),
+        Decision::Review
+    );
+    assert_eq!(
+        decide(&p, &[finding("identity_mismatch")], false),
+        Decision::Review
+    );
+    assert_eq!(
+        decide(
+            &p,
+            &[finding("silence"), finding("nudity"), finding("profanity")],
+            false
+        ),
+        Decision::Block
+    );
     assert_eq!(decide(&p, &[finding("nudity")], true), Decision::Block);
-    assert_eq!(decide(&p, &[finding("never_heard_of")], false), Decision::Review);
+    assert_eq!(
+        decide(&p, &[finding("never_heard_of")], false),
+        Decision::Review
+    );
 }

@@ -6,8 +6,8 @@ use std::process::Command;
 use classguard::policy::Policy;
 use classguard::store::{FindingStatus, Store, StoreError};
 use classguard::verdict::{
-    decide, Evidence, Finding, ModelRef, ModelUse, PolicyRef, RecordingInfo, Severity, Stats, Track, Verdict,
-    SCHEMA_VERSION,
+    decide, Evidence, Finding, ModelRef, ModelUse, PolicyRef, RecordingInfo, Severity, Stats,
+    Track, Verdict, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -20,15 +20,26 @@ fn verdict(recording: &str, findings: usize) -> Verdict {
     let policy = Policy::embedded().unwrap();
     let findings: Vec<Finding> = (0..findings)
         .map(|i| Finding {
-            label: if i % 2 == 0 { "contact_info" } else { "no_face" }.into(),
+            label: if i % 2 == 0 {
+                "contact_info"
+            } else {
+                "no_face"
+            }
+            .into(),
             severity: Severity::High,
             track: Track::Desktop,
             start_ms: i as u64 * 1000,
             end_ms: i as u64 * 1000 + 500,
             confidence: 0.9,
-            model: ModelRef { id: "ocr".into(), sha256: sha("ocr") },
+            model: ModelRef {
+                id: "ocr".into(),
+                sha256: sha("ocr"),
+            },
             rule_id: "contact.email".into(),
-            evidence: Evidence { slice_path: Some(format!("{recording}/{i}.jpg")), ..Default::default() },
+            evidence: Evidence {
+                slice_path: Some(format!("{recording}/{i}.jpg")),
+                ..Default::default()
+            },
             reason: "e-mail on screen".into(),
         })
         .collect();
@@ -47,7 +58,11 @@ fn verdict(recording: &str, findings: usize) -> Verdict {
         findings,
         stats: Stats::default(),
         policy: PolicyRef::from(&policy),
-        models: vec![ModelUse { role: "ocr_rec".into(), id: "ocr".into(), sha256: sha("ocr") }],
+        models: vec![ModelUse {
+            role: "ocr_rec".into(),
+            id: "ocr".into(),
+            sha256: sha("ocr"),
+        }],
         created_at: classguard::verdict::now_rfc3339(),
     }
 }
@@ -74,7 +89,10 @@ fn refuses_a_store_from_a_newer_build() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
 }
 
 #[test]
@@ -85,7 +103,9 @@ fn same_verdict_twice_changes_nothing() {
     assert!(store.put_verdict(&v).unwrap());
     let findings = store.list_findings(None).unwrap();
     assert_eq!(findings.len(), 3);
-    store.set_finding_status(findings[0].id, FindingStatus::Confirmed, Some("seen")).unwrap();
+    store
+        .set_finding_status(findings[0].id, FindingStatus::Confirmed, Some("seen"))
+        .unwrap();
 
     // A re-run: same bytes, policy and models, different timing and source path.
     let mut again = v.clone();
@@ -95,10 +115,17 @@ fn same_verdict_twice_changes_nothing() {
     assert_eq!(again.idempotency_key(), v.idempotency_key());
     assert!(!store.put_verdict(&again).unwrap());
 
-    assert_eq!(store.get_verdict_by_key(&v.idempotency_key()).unwrap(), Some(v.clone()));
+    assert_eq!(
+        store.get_verdict_by_key(&v.idempotency_key()).unwrap(),
+        Some(v.clone())
+    );
     let after = store.list_findings(None).unwrap();
     assert_eq!(after.len(), 3, "no duplicate findings");
-    assert_eq!(after[0].status, FindingStatus::Confirmed, "review work kept");
+    assert_eq!(
+        after[0].status,
+        FindingStatus::Confirmed,
+        "review work kept"
+    );
 
     // A different policy is a different verdict.
     let mut other = v.clone();
@@ -117,15 +144,39 @@ fn review_status_and_notes() {
     assert_eq!(all.len(), 3);
     assert_eq!(all[0].recording_id, "rec-a");
     assert_eq!(all[0].evidence_path.as_deref(), Some("rec-a/0.jpg"));
-    assert_eq!((all[0].label.as_str(), all[0].severity.as_str(), all[0].track.as_str()), ("contact_info", "high", "desktop"));
+    assert_eq!(
+        (
+            all[0].label.as_str(),
+            all[0].severity.as_str(),
+            all[0].track.as_str()
+        ),
+        ("contact_info", "high", "desktop")
+    );
 
-    store.set_finding_status(all[1].id, FindingStatus::Dismissed, Some("false positive")).unwrap();
-    store.set_finding_status(all[1].id, FindingStatus::Dismissed, None).unwrap();
+    store
+        .set_finding_status(all[1].id, FindingStatus::Dismissed, Some("false positive"))
+        .unwrap();
+    store
+        .set_finding_status(all[1].id, FindingStatus::Dismissed, None)
+        .unwrap();
     let dismissed = store.list_findings(Some(FindingStatus::Dismissed)).unwrap();
     assert_eq!(dismissed.len(), 1);
-    assert_eq!(dismissed[0].reviewer_note.as_deref(), Some("false positive"), "None keeps the note");
-    assert_eq!(store.list_findings(Some(FindingStatus::Open)).unwrap().len(), 2);
-    assert!(store.list_findings(Some(FindingStatus::Confirmed)).unwrap().is_empty());
+    assert_eq!(
+        dismissed[0].reviewer_note.as_deref(),
+        Some("false positive"),
+        "None keeps the note"
+    );
+    assert_eq!(
+        store
+            .list_findings(Some(FindingStatus::Open))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(store
+        .list_findings(Some(FindingStatus::Confirmed))
+        .unwrap()
+        .is_empty());
     assert!(matches!(
         store.set_finding_status(9999, FindingStatus::Confirmed, None),
         Err(StoreError::FindingNotFound(9999))
@@ -140,12 +191,20 @@ fn templates_round_trip_per_model() {
     let b = vec![1.0f32; 128];
     store.enroll_template("t1", "sface", &a).unwrap();
     store.enroll_template("t1", "sface", &b).unwrap();
-    store.enroll_template("t1", "mobilefacenet", &[0.5; 192]).unwrap();
+    store
+        .enroll_template("t1", "mobilefacenet", &[0.5; 192])
+        .unwrap();
     assert_eq!(store.templates_for("t1", "sface").unwrap(), vec![a, b]);
     assert_eq!(store.templates_for("t1", "mobilefacenet").unwrap().len(), 1);
     assert!(store.templates_for("t2", "sface").unwrap().is_empty());
-    assert!(matches!(store.enroll_template("t1", "sface", &[]), Err(StoreError::InvalidEmbedding(_))));
-    assert!(matches!(store.enroll_template("t1", "sface", &[f32::NAN]), Err(StoreError::InvalidEmbedding(_))));
+    assert!(matches!(
+        store.enroll_template("t1", "sface", &[]),
+        Err(StoreError::InvalidEmbedding(_))
+    ));
+    assert!(matches!(
+        store.enroll_template("t1", "sface", &[f32::NAN]),
+        Err(StoreError::InvalidEmbedding(_))
+    ));
 }
 
 #[test]
@@ -156,15 +215,29 @@ fn erase_teacher_removes_templates_and_returns_evidence() {
     store.enroll_template("t1", "sface", &[1.0, 2.0]).unwrap();
     store.enroll_template("t2", "sface", &[3.0, 4.0]).unwrap();
     store.put_verdict(&verdict("rec-1", 2)).unwrap();
-    store.add_evidence("rec-1/0.jpg", "rec-1", Some("t1"), later).unwrap();
-    store.add_evidence("rec-1/1.jpg", "rec-1", Some("t1"), later).unwrap();
-    store.add_evidence("rec-2/0.jpg", "rec-2", Some("t2"), later).unwrap();
-    store.add_evidence("rec-3/0.jpg", "rec-3", None, later).unwrap();
+    store
+        .add_evidence("rec-1/0.jpg", "rec-1", Some("t1"), later)
+        .unwrap();
+    store
+        .add_evidence("rec-1/1.jpg", "rec-1", Some("t1"), later)
+        .unwrap();
+    store
+        .add_evidence("rec-2/0.jpg", "rec-2", Some("t2"), later)
+        .unwrap();
+    store
+        .add_evidence("rec-3/0.jpg", "rec-3", None, later)
+        .unwrap();
 
     let paths = store.erase_teacher("t1").unwrap();
-    assert_eq!(paths, vec![PathBuf::from("rec-1/0.jpg"), PathBuf::from("rec-1/1.jpg")]);
+    assert_eq!(
+        paths,
+        vec![PathBuf::from("rec-1/0.jpg"), PathBuf::from("rec-1/1.jpg")]
+    );
     assert!(store.templates_for("t1", "sface").unwrap().is_empty());
-    assert_eq!(store.templates_for("t2", "sface").unwrap(), vec![vec![3.0, 4.0]]);
+    assert_eq!(
+        store.templates_for("t2", "sface").unwrap(),
+        vec![vec![3.0, 4.0]]
+    );
     // Findings stay for the record, without a link to deleted files.
     let findings = store.list_findings(None).unwrap();
     assert_eq!(findings.len(), 2);
@@ -181,21 +254,46 @@ fn expire_evidence_returns_only_expired_paths_once() {
     let mut store = Store::open(&db(&dir)).unwrap();
     let policy = Policy::embedded().unwrap();
     let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-    store.add_evidence("old.jpg", "r", None, policy.evidence.expires_at(t0)).unwrap();
-    store.add_evidence("new.jpg", "r", Some("t"), policy.evidence.expires_at(t0 + Duration::days(10))).unwrap();
+    store
+        .add_evidence("old.jpg", "r", None, policy.evidence.expires_at(t0))
+        .unwrap();
+    store
+        .add_evidence(
+            "new.jpg",
+            "r",
+            Some("t"),
+            policy.evidence.expires_at(t0 + Duration::days(10)),
+        )
+        .unwrap();
 
-    assert!(store.expire_evidence(t0 + Duration::days(29)).unwrap().is_empty());
-    assert_eq!(store.expire_evidence(t0 + Duration::days(30)).unwrap(), vec![PathBuf::from("old.jpg")]);
-    assert!(store.expire_evidence(t0 + Duration::days(30)).unwrap().is_empty());
-    assert_eq!(store.expire_evidence(t0 + Duration::days(365)).unwrap(), vec![PathBuf::from("new.jpg")]);
+    assert!(store
+        .expire_evidence(t0 + Duration::days(29))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.expire_evidence(t0 + Duration::days(30)).unwrap(),
+        vec![PathBuf::from("old.jpg")]
+    );
+    assert!(store
+        .expire_evidence(t0 + Duration::days(30))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.expire_evidence(t0 + Duration::days(365)).unwrap(),
+        vec![PathBuf::from("new.jpg")]
+    );
 }
 
 fn write_many(path: &Path, tag: &str, n: usize) {
     let mut store = Store::open(path).unwrap();
     for i in 0..n {
         // Every writer also writes the shared verdicts: exactly one insert each must win.
-        store.put_verdict(&verdict(&format!("shared-{}", i % 5), 1)).unwrap();
-        store.put_verdict(&verdict(&format!("{tag}-{i}"), 2)).unwrap();
+        store
+            .put_verdict(&verdict(&format!("shared-{}", i % 5), 1))
+            .unwrap();
+        store
+            .put_verdict(&verdict(&format!("{tag}-{i}"), 2))
+            .unwrap();
         store.enroll_template(tag, "sface", &[i as f32]).unwrap();
     }
 }
@@ -207,11 +305,16 @@ fn check_after_writers(path: &Path, tags: &[String], n: usize) {
     for tag in tags {
         assert_eq!(store.templates_for(tag, "sface").unwrap().len(), n);
         for i in 0..n {
-            assert!(store.get_verdict_by_key(&verdict(&format!("{tag}-{i}"), 2).idempotency_key()).unwrap().is_some());
+            assert!(store
+                .get_verdict_by_key(&verdict(&format!("{tag}-{i}"), 2).idempotency_key())
+                .unwrap()
+                .is_some());
         }
     }
     let conn = rusqlite::Connection::open(path).unwrap();
-    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
 }
 

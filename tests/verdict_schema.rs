@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 
 use classguard::policy::Policy;
 use classguard::verdict::{
-    decide, now_rfc3339, BBox, Decision, Evidence, Finding, ModelRef, ModelUse, PolicyRef, RecordingInfo, Severity,
-    StageStats, Stats, Track, Verdict, SCHEMA_VERSION,
+    decide, now_rfc3339, BBox, Decision, Evidence, Finding, ModelRef, ModelUse, PolicyRef,
+    RecordingInfo, Severity, StageStats, Stats, Track, Verdict, SCHEMA_VERSION,
 };
 use serde_json::{json, Value};
 
 fn schema() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/verdict.schema.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/verdict.schema.json"
+    ))
+    .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -20,7 +24,9 @@ fn validator() -> jsonschema::Validator {
 }
 
 fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
-    v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect()
+    v.iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect()
 }
 
 fn hash(c: char) -> String {
@@ -29,8 +35,14 @@ fn hash(c: char) -> String {
 
 fn full_verdict() -> Verdict {
     let policy = Policy::embedded().unwrap();
-    let face = ModelRef { id: "yunet-2023mar".into(), sha256: hash('a') };
-    let ocr = ModelRef { id: "ppocrv6-rec-small".into(), sha256: hash('b') };
+    let face = ModelRef {
+        id: "yunet-2023mar".into(),
+        sha256: hash('a'),
+    };
+    let ocr = ModelRef {
+        id: "ppocrv6-rec-small".into(),
+        sha256: hash('b'),
+    };
     let findings = vec![
         Finding {
             label: "no_face".into(),
@@ -41,7 +53,10 @@ fn full_verdict() -> Verdict {
             confidence: 0.9,
             model: face.clone(),
             rule_id: "face.no_face".into(),
-            evidence: Evidence { slice_path: Some("r1/camera/000012000.jpg".into()), ..Default::default() },
+            evidence: Evidence {
+                slice_path: Some("r1/camera/000012000.jpg".into()),
+                ..Default::default()
+            },
             reason: "No face on camera for 46 s".into(),
         },
         Finding {
@@ -55,7 +70,12 @@ fn full_verdict() -> Verdict {
             rule_id: "face.multiple_faces".into(),
             evidence: Evidence {
                 slice_path: Some("r1/camera/000060000.jpg".into()),
-                bbox: Some(BBox { x: 10.0, y: 20.5, w: 64.0, h: 80.0 }),
+                bbox: Some(BBox {
+                    x: 10.0,
+                    y: 20.5,
+                    w: 64.0,
+                    h: 80.0,
+                }),
                 ..Default::default()
             },
             reason: "2 faces on camera".into(),
@@ -69,7 +89,10 @@ fn full_verdict() -> Verdict {
             confidence: 0.97,
             model: ocr,
             rule_id: "contact.email".into(),
-            evidence: Evidence { ocr_excerpt: Some("teacher.li@example.com".into()), ..Default::default() },
+            evidence: Evidence {
+                ocr_excerpt: Some("teacher.li@example.com".into()),
+                ..Default::default()
+            },
             reason: "E-mail address on the shared screen".into(),
         },
         Finding {
@@ -79,7 +102,10 @@ fn full_verdict() -> Verdict {
             start_ms: 120_000,
             end_ms: 124_200,
             confidence: 1.0,
-            model: ModelRef { id: "whisper-tiny.en".into(), sha256: hash('c') },
+            model: ModelRef {
+                id: "whisper-tiny.en".into(),
+                sha256: hash('c'),
+            },
             rule_id: "payment.service_en".into(),
             evidence: Evidence {
                 audio_clip: Some("r1/mic/000120000.ogg".into()),
@@ -109,16 +135,42 @@ fn full_verdict() -> Verdict {
             wall_ms: 30_000,
             realtime_factor: Stats::realtime_factor_of(600_000, 30_000),
             stages: BTreeMap::from([
-                ("decode".to_string(), StageStats { wall_ms: 9000, frames: 18000 }),
-                ("face".to_string(), StageStats { wall_ms: 12000, frames: 600 }),
+                (
+                    "decode".to_string(),
+                    StageStats {
+                        wall_ms: 9000,
+                        frames: 18000,
+                    },
+                ),
+                (
+                    "face".to_string(),
+                    StageStats {
+                        wall_ms: 12000,
+                        frames: 600,
+                    },
+                ),
             ]),
-            model_calls: BTreeMap::from([("yunet".to_string(), 400), ("open_nsfw".to_string(), 380)]),
-            gate_savings: BTreeMap::from([("frame_diff".to_string(), 200), ("ocr_new_slide".to_string(), 1100)]),
+            model_calls: BTreeMap::from([
+                ("yunet".to_string(), 400),
+                ("open_nsfw".to_string(), 380),
+            ]),
+            gate_savings: BTreeMap::from([
+                ("frame_diff".to_string(), 200),
+                ("ocr_new_slide".to_string(), 1100),
+            ]),
         },
         policy: PolicyRef::from(&policy),
         models: vec![
-            ModelUse { role: "face_detector".into(), id: "yunet-2023mar".into(), sha256: hash('a') },
-            ModelUse { role: "ocr_rec".into(), id: "ppocrv6-rec-small".into(), sha256: hash('b') },
+            ModelUse {
+                role: "face_detector".into(),
+                id: "yunet-2023mar".into(),
+                sha256: hash('a'),
+            },
+            ModelUse {
+                role: "ocr_rec".into(),
+                id: "ppocrv6-rec-small".into(),
+                sha256: hash('b'),
+            },
         ],
         created_at: now_rfc3339(),
     }
@@ -149,7 +201,10 @@ fn error_verdict() -> Verdict {
 #[test]
 fn schema_is_a_valid_2020_12_schema() {
     assert!(jsonschema::meta::is_valid(&schema()));
-    assert_eq!(schema()["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(
+        schema()["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
 }
 
 #[test]
@@ -170,19 +225,33 @@ fn invalid_verdicts_fail() {
     let good = serde_json::to_value(full_verdict()).unwrap();
     type Edit = fn(&mut Value);
     let edits: [(&str, Edit); 11] = [
-        ("decision outside the enum", |x| x["decision"] = json!("maybe")),
+        ("decision outside the enum", |x| {
+            x["decision"] = json!("maybe")
+        }),
         ("missing recording", |x| {
             x.as_object_mut().unwrap().remove("recording");
         }),
         ("unknown top-level field", |x| x["extra"] = json!(1)),
-        ("bad severity", |x| x["findings"][0]["severity"] = json!("severe")),
+        ("bad severity", |x| {
+            x["findings"][0]["severity"] = json!("severe")
+        }),
         ("bad track", |x| x["findings"][0]["track"] = json!("webcam")),
-        ("negative time", |x| x["findings"][0]["start_ms"] = json!(-5)),
-        ("confidence above 1", |x| x["findings"][0]["confidence"] = json!(1.5)),
-        ("short model hash", |x| x["models"][0]["sha256"] = json!("abc")),
-        ("unknown evidence field", |x| x["findings"][0]["evidence"]["face_crop"] = json!("x.jpg")),
+        ("negative time", |x| {
+            x["findings"][0]["start_ms"] = json!(-5)
+        }),
+        ("confidence above 1", |x| {
+            x["findings"][0]["confidence"] = json!(1.5)
+        }),
+        ("short model hash", |x| {
+            x["models"][0]["sha256"] = json!("abc")
+        }),
+        ("unknown evidence field", |x| {
+            x["findings"][0]["evidence"]["face_crop"] = json!("x.jpg")
+        }),
         ("wrong schema version", |x| x["schema_version"] = json!(2)),
-        ("string where a count goes", |x| x["stats"]["model_calls"]["yunet"] = json!("many")),
+        ("string where a count goes", |x| {
+            x["stats"]["model_calls"]["yunet"] = json!("many")
+        }),
     ];
     for (what, edit) in edits {
         let mut bad = good.clone();

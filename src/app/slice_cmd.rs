@@ -15,8 +15,15 @@ pub struct RecordingFailed {
 }
 
 /// Slices one recording into `out/<recording id>/`.
-pub fn slice_one(rec: &Recording, out: &Path, mut opts: SliceOptions) -> Result<SliceManifest, RecordingFailed> {
-    let fail = |reason: String| RecordingFailed { file: rec.path.display().to_string(), reason };
+pub fn slice_one(
+    rec: &Recording,
+    out: &Path,
+    mut opts: SliceOptions,
+) -> Result<SliceManifest, RecordingFailed> {
+    let fail = |reason: String| RecordingFailed {
+        file: rec.path.display().to_string(),
+        reason,
+    };
     let dir = out.join(&rec.id);
     let mut writer = SliceDirWriter::new(&dir).map_err(|e| fail(e.to_string()))?;
     opts.mic_path = Some(writer.mic_path());

@@ -79,17 +79,20 @@ pub fn parse_block(data: &[u8]) -> Result<BlockHeader, BlockError> {
                     let field = data.get(pos..).ok_or(BlockError::Truncated)?;
                     let (value, used) = if i == 0 {
                         match read_size(field) {
-                            VarInt::Value { value, len } if value != super::ebml::UNKNOWN_SIZE => {
-                                (i64::try_from(value).map_err(|_| BlockError::BadLaceSize)?, len)
-                            }
+                            VarInt::Value { value, len } if value != super::ebml::UNKNOWN_SIZE => (
+                                i64::try_from(value).map_err(|_| BlockError::BadLaceSize)?,
+                                len,
+                            ),
                             VarInt::Incomplete => return Err(BlockError::Truncated),
                             _ => return Err(BlockError::BadLaceSize),
                         }
                     } else {
                         match read_signed(field) {
-                            VarInt::Value { value, len } => {
-                                (prev.checked_add(value as i64).ok_or(BlockError::BadLaceSize)?, len)
-                            }
+                            VarInt::Value { value, len } => (
+                                prev.checked_add(value as i64)
+                                    .ok_or(BlockError::BadLaceSize)?,
+                                len,
+                            ),
                             VarInt::Incomplete => return Err(BlockError::Truncated),
                             VarInt::Invalid => return Err(BlockError::BadLaceSize),
                         }
@@ -113,7 +116,10 @@ pub fn parse_block(data: &[u8]) -> Result<BlockHeader, BlockError> {
         let available = data.len() - pos;
         let declared: u64 = sizes.iter().map(|&s| s as u64).sum();
         if declared > available as u64 {
-            return Err(BlockError::LaceOverrun { declared, available });
+            return Err(BlockError::LaceOverrun {
+                declared,
+                available,
+            });
         }
         sizes.push(available - declared as usize);
         let mut frames = Vec::with_capacity(count);
@@ -126,7 +132,12 @@ pub fn parse_block(data: &[u8]) -> Result<BlockHeader, BlockError> {
     if frames.iter().any(|&(_, len)| len == 0) {
         return Err(BlockError::EmptyFrame);
     }
-    Ok(BlockHeader { track, relative_ts, flags, frames })
+    Ok(BlockHeader {
+        track,
+        relative_ts,
+        flags,
+        frames,
+    })
 }
 
 #[cfg(test)]
@@ -155,7 +166,10 @@ mod tests {
         let mut data = vec![0x81, 0, 0, 0b0000_0010, 2, 2, 255, 1];
         data.extend(std::iter::repeat(7).take(2 + 256 + 1));
         let b = parse_block(&data).unwrap();
-        assert_eq!(b.frames.iter().map(|f| f.1).collect::<Vec<_>>(), vec![2, 256, 1]);
+        assert_eq!(
+            b.frames.iter().map(|f| f.1).collect::<Vec<_>>(),
+            vec![2, 256, 1]
+        );
     }
 
     #[test]
@@ -164,7 +178,10 @@ mod tests {
         let mut data = vec![0x81, 0, 0, 0b0000_0110, 2, 0x84, 0x80 | (63 - 1)];
         data.extend([1u8; 4 + 3 + 2]);
         let b = parse_block(&data).unwrap();
-        assert_eq!(b.frames.iter().map(|f| f.1).collect::<Vec<_>>(), vec![4, 3, 2]);
+        assert_eq!(
+            b.frames.iter().map(|f| f.1).collect::<Vec<_>>(),
+            vec![4, 3, 2]
+        );
     }
 
     #[test]
@@ -173,9 +190,15 @@ mod tests {
         data.extend([5u8; 6]);
         assert_eq!(parse_block(&data).unwrap().frames, vec![(5, 3), (8, 3)]);
         data.push(1);
-        assert!(matches!(parse_block(&data), Err(BlockError::FixedLaceUneven { .. })));
+        assert!(matches!(
+            parse_block(&data),
+            Err(BlockError::FixedLaceUneven { .. })
+        ));
         let over = [0x81, 0, 0, 0b0000_0010, 1, 200, 1, 2];
-        assert!(matches!(parse_block(&over), Err(BlockError::LaceOverrun { .. })));
+        assert!(matches!(
+            parse_block(&over),
+            Err(BlockError::LaceOverrun { .. })
+        ));
         assert_eq!(parse_block(&[0x81, 0]), Err(BlockError::Truncated));
         assert_eq!(parse_block(&[0x00]), Err(BlockError::BadTrackNumber));
     }

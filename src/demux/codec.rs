@@ -69,7 +69,10 @@ pub fn vp8_keyframe_size(frame: &[u8]) -> Option<(u32, u32)> {
 
 /// VP9 uncompressed header: frame_marker, profile, show_existing_frame, frame_type (0 = key).
 pub fn vp9_keyframe(frame: &[u8]) -> Option<bool> {
-    let mut bits = BitReader { data: frame, pos: 0 };
+    let mut bits = BitReader {
+        data: frame,
+        pos: 0,
+    };
     if bits.read(2)? != 0b10 {
         return None;
     }

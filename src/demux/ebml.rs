@@ -19,7 +19,9 @@ pub const UNKNOWN_SIZE: u64 = u64::MAX;
 
 /// Reads an element id (1..=4 bytes, marker bits kept as the id's value, as in the specification).
 pub fn read_id(buf: &[u8]) -> VarInt {
-    let Some(&first) = buf.first() else { return VarInt::Incomplete };
+    let Some(&first) = buf.first() else {
+        return VarInt::Incomplete;
+    };
     let len = first.leading_zeros() as usize + 1;
     if len > 4 {
         return VarInt::Invalid;
@@ -27,14 +29,18 @@ pub fn read_id(buf: &[u8]) -> VarInt {
     if buf.len() < len {
         return VarInt::Incomplete;
     }
-    let value = buf[..len].iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let value = buf[..len]
+        .iter()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
     VarInt::Value { value, len }
 }
 
 /// Reads an element data size (1..=8 bytes, marker removed). All-ones for the field's length is
 /// reported as [`UNKNOWN_SIZE`]: the marker depends on the length of the field, not on one value.
 pub fn read_size(buf: &[u8]) -> VarInt {
-    let Some(&first) = buf.first() else { return VarInt::Incomplete };
+    let Some(&first) = buf.first() else {
+        return VarInt::Incomplete;
+    };
     if first == 0 {
         return VarInt::Invalid;
     }
@@ -50,7 +56,10 @@ pub fn read_size(buf: &[u8]) -> VarInt {
         all_ones &= b == 0xFF;
     }
     if all_ones {
-        return VarInt::Value { value: UNKNOWN_SIZE, len };
+        return VarInt::Value {
+            value: UNKNOWN_SIZE,
+            len,
+        };
     }
     VarInt::Value { value, len }
 }
@@ -60,9 +69,16 @@ pub fn read_signed(buf: &[u8]) -> VarInt {
     match read_size(buf) {
         VarInt::Value { value, len } => {
             // An all-ones field is a legal signed value here, not "unknown".
-            let raw = if value == UNKNOWN_SIZE { (1u64 << (7 * len)) - 1 } else { value };
+            let raw = if value == UNKNOWN_SIZE {
+                (1u64 << (7 * len)) - 1
+            } else {
+                value
+            };
             let bias = (1i64 << (7 * len - 1)) - 1;
-            VarInt::Value { value: (raw as i64 - bias) as u64, len }
+            VarInt::Value {
+                value: (raw as i64 - bias) as u64,
+                len,
+            }
         }
         other => other,
     }
@@ -115,10 +131,22 @@ impl<'a> Children<'a> {
 /// Why a buffered master could not be walked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChildError {
-    BadId { offset: usize },
-    BadSize { offset: usize },
-    UnknownSize { offset: usize, id: u32 },
-    Overrun { offset: usize, id: u32, size: u64, available: usize },
+    BadId {
+        offset: usize,
+    },
+    BadSize {
+        offset: usize,
+    },
+    UnknownSize {
+        offset: usize,
+        id: u32,
+    },
+    Overrun {
+        offset: usize,
+        id: u32,
+        size: u64,
+        available: usize,
+    },
 }
 
 impl<'a> Iterator for Children<'a> {
@@ -152,11 +180,20 @@ impl<'a> Iterator for Children<'a> {
         let available = rest.len() - start;
         if size > available as u64 {
             self.pos = self.data.len();
-            return Some(Err(ChildError::Overrun { offset, id, size, available }));
+            return Some(Err(ChildError::Overrun {
+                offset,
+                id,
+                size,
+                available,
+            }));
         }
         let size = size as usize;
         self.pos += start + size;
-        Some(Ok(Child { id, offset, data: &rest[start..start + size] }))
+        Some(Ok(Child {
+            id,
+            offset,
+            data: &rest[start..start + size],
+        }))
     }
 }
 
@@ -166,8 +203,20 @@ mod tests {
 
     #[test]
     fn ids_keep_marker_bits() {
-        assert_eq!(read_id(&[0x1A, 0x45, 0xDF, 0xA3]), VarInt::Value { value: 0x1A45DFA3, len: 4 });
-        assert_eq!(read_id(&[0xA3]), VarInt::Value { value: 0xA3, len: 1 });
+        assert_eq!(
+            read_id(&[0x1A, 0x45, 0xDF, 0xA3]),
+            VarInt::Value {
+                value: 0x1A45DFA3,
+                len: 4
+            }
+        );
+        assert_eq!(
+            read_id(&[0xA3]),
+            VarInt::Value {
+                value: 0xA3,
+                len: 1
+            }
+        );
         assert_eq!(read_id(&[0x1A, 0x45]), VarInt::Incomplete);
         assert_eq!(read_id(&[0x08, 0, 0, 0, 0]), VarInt::Invalid);
         assert_eq!(read_id(&[]), VarInt::Incomplete);
@@ -177,10 +226,28 @@ mod tests {
     fn sizes_and_unknown_marker_per_length() {
         assert_eq!(read_size(&[0x81]), VarInt::Value { value: 1, len: 1 });
         assert_eq!(read_size(&[0x40, 0x02]), VarInt::Value { value: 2, len: 2 });
-        assert_eq!(read_size(&[0xFF]), VarInt::Value { value: UNKNOWN_SIZE, len: 1 });
-        assert_eq!(read_size(&[0x7F, 0xFF]), VarInt::Value { value: UNKNOWN_SIZE, len: 2 });
+        assert_eq!(
+            read_size(&[0xFF]),
+            VarInt::Value {
+                value: UNKNOWN_SIZE,
+                len: 1
+            }
+        );
+        assert_eq!(
+            read_size(&[0x7F, 0xFF]),
+            VarInt::Value {
+                value: UNKNOWN_SIZE,
+                len: 2
+            }
+        );
         let chrome = [0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
-        assert_eq!(read_size(&chrome), VarInt::Value { value: UNKNOWN_SIZE, len: 8 });
+        assert_eq!(
+            read_size(&chrome),
+            VarInt::Value {
+                value: UNKNOWN_SIZE,
+                len: 8
+            }
+        );
         let big = [0x01, 0x00, 0, 0, 0, 0, 0, 0x05];
         assert_eq!(read_size(&big), VarInt::Value { value: 5, len: 8 });
         assert_eq!(read_size(&[0x00, 1]), VarInt::Invalid);
@@ -191,7 +258,13 @@ mod tests {
     fn signed_lacing_differences() {
         // 1-byte signed: raw 63 (0xBF) is zero, 0x80 is -63.
         assert_eq!(read_signed(&[0xBF]), VarInt::Value { value: 0, len: 1 });
-        assert_eq!(read_signed(&[0x80]), VarInt::Value { value: (-63i64) as u64, len: 1 });
+        assert_eq!(
+            read_signed(&[0x80]),
+            VarInt::Value {
+                value: (-63i64) as u64,
+                len: 1
+            }
+        );
         assert_eq!(read_signed(&[0xFF]), VarInt::Value { value: 64, len: 1 });
     }
 
@@ -211,8 +284,14 @@ mod tests {
         assert_eq!(kids.len(), 2);
         assert_eq!(kids[0].data, b"AB");
         let bad = [0x86, 0x85, b'A'];
-        assert!(matches!(Children::new(&bad).next(), Some(Err(ChildError::Overrun { .. }))));
+        assert!(matches!(
+            Children::new(&bad).next(),
+            Some(Err(ChildError::Overrun { .. }))
+        ));
         let unk = [0x86, 0xFF, b'A'];
-        assert!(matches!(Children::new(&unk).next(), Some(Err(ChildError::UnknownSize { .. }))));
+        assert!(matches!(
+            Children::new(&unk).next(),
+            Some(Err(ChildError::UnknownSize { .. }))
+        ));
     }
 }

@@ -44,12 +44,10 @@ pub(crate) mod ids {
     pub const BLOCK: u32 = 0xA1;
     pub const BLOCK_DURATION: u32 = 0x9B;
     pub const REFERENCE_BLOCK: u32 = 0xFB;
-    pub const BLOCK_ADDITIONS: u32 = 0x75A1;
     pub const POSITION: u32 = 0xA7;
     pub const PREV_SIZE: u32 = 0xAB;
     pub const SILENT_TRACKS: u32 = 0x5854;
     pub const ENCRYPTED_BLOCK: u32 = 0xAF;
-    pub const DISCARD_PADDING: u32 = 0x75A2;
 }
 
 /// Hard limits against hostile sizes. Every limit is checked before any buffer grows.
@@ -65,7 +63,11 @@ pub struct DemuxLimits {
 
 impl Default for DemuxLimits {
     fn default() -> Self {
-        Self { max_header_bytes: 4 << 20, max_frame_bytes: 16 << 20, max_tracks: 16 }
+        Self {
+            max_header_bytes: 4 << 20,
+            max_frame_bytes: 16 << 20,
+            max_tracks: 16,
+        }
     }
 }
 
@@ -131,13 +133,30 @@ pub enum DemuxError {
     #[error("invalid element size at byte {at}")]
     BadSize { at: u64 },
     #[error("element 0x{id:X} at byte {at} declares {size} bytes, over the limit of {limit}")]
-    TooLarge { id: u32, at: u64, size: u64, limit: u64 },
+    TooLarge {
+        id: u32,
+        at: u64,
+        size: u64,
+        limit: u64,
+    },
     #[error("element 0x{id:X} at byte {at} ({size} bytes) extends beyond its parent 0x{parent:X}, which ends at byte {parent_end}")]
-    BeyondParent { id: u32, at: u64, size: u64, parent: u32, parent_end: u64 },
-    #[error("element 0x{id:X} at byte {at} has unknown size, which only Segment and Cluster may have")]
+    BeyondParent {
+        id: u32,
+        at: u64,
+        size: u64,
+        parent: u32,
+        parent_end: u64,
+    },
+    #[error(
+        "element 0x{id:X} at byte {at} has unknown size, which only Segment and Cluster may have"
+    )]
     UnknownSize { id: u32, at: u64 },
     #[error("malformed {what} at byte {at}: {reason}")]
-    Malformed { what: &'static str, at: u64, reason: String },
+    Malformed {
+        what: &'static str,
+        at: u64,
+        reason: String,
+    },
     #[error("{count} tracks, over the limit of {limit}")]
     TooManyTracks { count: usize, limit: usize },
     #[error("block at byte {at} belongs to unknown track {track}")]
@@ -299,41 +318,71 @@ impl Demuxer {
             truncated = Some(Truncation {
                 at_byte: bytes,
                 inside: element_name(id).to_string(),
-                reason: format!("element at byte {at} is missing its last {} bytes", self.skip),
+                reason: format!(
+                    "element at byte {at} is missing its last {} bytes",
+                    self.skip
+                ),
             });
         } else if leftover > 0 {
             let at = self.offset();
             let rest = &self.buf[self.pos..];
             let (inside, reason) = match read_id(rest) {
                 VarInt::Value { value, len } => match read_size(&rest[len..]) {
-                    VarInt::Value { value: size, len: slen } => (
+                    VarInt::Value {
+                        value: size,
+                        len: slen,
+                    } => (
                         element_name(value as u32).to_string(),
                         format!(
                             "element at byte {at} declares {size} bytes, only {} arrived",
                             leftover - len - slen
                         ),
                     ),
-                    _ => (element_name(value as u32).to_string(), format!("element header at byte {at} is incomplete")),
+                    _ => (
+                        element_name(value as u32).to_string(),
+                        format!("element header at byte {at} is incomplete"),
+                    ),
                 },
-                _ => ("element header".to_string(), format!("{leftover} stray bytes at byte {at}")),
+                _ => (
+                    "element header".to_string(),
+                    format!("{leftover} stray bytes at byte {at}"),
+                ),
             };
-            truncated = Some(Truncation { at_byte: bytes, inside, reason });
-        } else if let Some(open) = self.stack.iter().rev().find(|o| o.end.is_some_and(|e| e > bytes)) {
+            truncated = Some(Truncation {
+                at_byte: bytes,
+                inside,
+                reason,
+            });
+        } else if let Some(open) = self
+            .stack
+            .iter()
+            .rev()
+            .find(|o| o.end.is_some_and(|e| e > bytes))
+        {
             truncated = Some(Truncation {
                 at_byte: bytes,
                 inside: element_name(open.id).to_string(),
-                reason: format!("declared to end at byte {}, stream ended at {bytes}", open.end.unwrap_or(0)),
+                reason: format!(
+                    "declared to end at byte {}, stream ended at {bytes}",
+                    open.end.unwrap_or(0)
+                ),
             });
         }
         self.phase = Phase::Done;
-        Ok(StreamEnd { bytes, frames: self.frames, truncated })
+        Ok(StreamEnd {
+            bytes,
+            frames: self.frames,
+            truncated,
+        })
     }
 
     /// The most helpful one-line reason for a stream that never showed an EBML header.
     fn not_matroska_reason(&self) -> DemuxError {
         let head = &self.buf[..self.buf.len().min(64 << 10)];
         if head.len() >= 8 && &head[4..8] == b"ftyp" {
-            return DemuxError::NotMatroska("this is an MP4/ISO-BMFF file (ftyp box), not WebM".into());
+            return DemuxError::NotMatroska(
+                "this is an MP4/ISO-BMFF file (ftyp box), not WebM".into(),
+            );
         }
         if head.windows(4).any(|w| w == [0x1F, 0x43, 0xB6, 0x75]) {
             return DemuxError::NotMatroska(
@@ -405,7 +454,13 @@ impl Demuxer {
                 if let Some(parent_end) = parent.end {
                     let end = at + header_len as u64 + size;
                     if end > parent_end {
-                        return Err(DemuxError::BeyondParent { id, at, size, parent: parent.id, parent_end });
+                        return Err(DemuxError::BeyondParent {
+                            id,
+                            at,
+                            size,
+                            parent: parent.id,
+                            parent_end,
+                        });
                     }
                 }
             }
@@ -413,21 +468,36 @@ impl Demuxer {
 
         match (self.phase, self.stack.last().map(|o| o.id), id) {
             (Phase::Start, _, ids::EBML) => {
-                let Some(data) = self.read_whole(id, at, size, header_len, self.limits.max_header_bytes)? else {
+                let Some(data) =
+                    self.read_whole(id, at, size, header_len, self.limits.max_header_bytes)?
+                else {
                     return Ok(Step::NeedMore);
                 };
                 self.doc_type = parse_ebml_header(&data, at)?;
                 self.phase = Phase::Body;
             }
             (Phase::Body, None, ids::SEGMENT) => self.open(id, at, size, header_len),
+            (Phase::Body, None, other) if other != ids::VOID && other != ids::CRC32 => {
+                return Err(DemuxError::Malformed {
+                    what: "file",
+                    at,
+                    reason: format!(
+                        "expected a Segment after the EBML header, found element 0x{other:X}"
+                    ),
+                });
+            }
             (Phase::Body, Some(ids::SEGMENT), ids::INFO) => {
-                let Some(data) = self.read_whole(id, at, size, header_len, self.limits.max_header_bytes)? else {
+                let Some(data) =
+                    self.read_whole(id, at, size, header_len, self.limits.max_header_bytes)?
+                else {
                     return Ok(Step::NeedMore);
                 };
                 self.parse_info(&data, at)?;
             }
             (Phase::Body, Some(ids::SEGMENT), ids::TRACKS) => {
-                let Some(data) = self.read_whole(id, at, size, header_len, self.limits.max_header_bytes)? else {
+                let Some(data) =
+                    self.read_whole(id, at, size, header_len, self.limits.max_header_bytes)?
+                else {
                     return Ok(Step::NeedMore);
                 };
                 let tracks = tracks::parse_tracks(&data, at, self.limits.max_tracks)?;
@@ -461,7 +531,9 @@ impl Demuxer {
                 })?);
             }
             (Phase::Body, Some(ids::CLUSTER), ids::SIMPLE_BLOCK) => {
-                let Some(data) = self.read_whole(id, at, size, header_len, self.limits.max_frame_bytes)? else {
+                let Some(data) =
+                    self.read_whole(id, at, size, header_len, self.limits.max_frame_bytes)?
+                else {
                     return Ok(Step::NeedMore);
                 };
                 self.emit_block(&data, at, None, None)?;
@@ -512,7 +584,12 @@ impl Demuxer {
             return Err(DemuxError::UnknownSize { id, at });
         }
         if size > limit {
-            return Err(DemuxError::TooLarge { id, at, size, limit });
+            return Err(DemuxError::TooLarge {
+                id,
+                at,
+                size,
+                limit,
+            });
         }
         let total = header_len + size as usize;
         if self.buf.len() - self.pos < total {
@@ -571,7 +648,11 @@ impl Demuxer {
             }
         }
         let Some(block) = block else {
-            return Err(DemuxError::Malformed { what: "BlockGroup", at, reason: "no Block inside".into() });
+            return Err(DemuxError::Malformed {
+                what: "BlockGroup",
+                at,
+                reason: "no Block inside".into(),
+            });
         };
         self.emit_block(block, at, Some(!referenced), duration)
     }
@@ -589,7 +670,10 @@ impl Demuxer {
             reason: e.to_string(),
         })?;
         let Some(track) = self.tracks.iter().find(|t| t.number == header.track) else {
-            return Err(DemuxError::UnknownTrack { at, track: header.track });
+            return Err(DemuxError::UnknownTrack {
+                at,
+                track: header.track,
+            });
         };
         let cluster_ts = self.cluster_ts.ok_or(DemuxError::Malformed {
             what: "cluster",
@@ -607,7 +691,9 @@ impl Demuxer {
             bytes.extend_from_slice(&data[off..off + len]);
             let keyframe = codec::bitstream_keyframe(&track.codec, &bytes).unwrap_or(flag_key);
             let duration_ns = match track.codec {
-                Codec::Opus => codec::opus_packet_samples(&bytes).map(|s| u64::from(s) * 1_000_000 / 48),
+                Codec::Opus => {
+                    codec::opus_packet_samples(&bytes).map(|s| u64::from(s) * 1_000_000 / 48)
+                }
                 _ => None,
             }
             .or(track.default_duration_ns)
@@ -627,7 +713,11 @@ impl Demuxer {
 }
 
 fn malformed(what: &'static str, at: u64, e: ebml::ChildError) -> DemuxError {
-    DemuxError::Malformed { what, at, reason: format!("{e:?}") }
+    DemuxError::Malformed {
+        what,
+        at,
+        reason: format!("{e:?}"),
+    }
 }
 
 fn parse_ebml_header(data: &[u8], at: u64) -> Result<String, DemuxError> {
@@ -653,7 +743,15 @@ fn is_child_of(parent: u32, child: u32) -> bool {
         SEGMENT => !matches!(child, EBML | SEGMENT),
         CLUSTER => matches!(
             child,
-            TIMESTAMP | SIMPLE_BLOCK | BLOCK_GROUP | POSITION | PREV_SIZE | SILENT_TRACKS | ENCRYPTED_BLOCK | VOID | CRC32
+            TIMESTAMP
+                | SIMPLE_BLOCK
+                | BLOCK_GROUP
+                | POSITION
+                | PREV_SIZE
+                | SILENT_TRACKS
+                | ENCRYPTED_BLOCK
+                | VOID
+                | CRC32
         ),
         _ => true,
     }
@@ -691,7 +789,11 @@ pub fn demux_reader<R: std::io::Read>(
     loop {
         while let Some(ev) = demuxer.next_event()? {
             if on_event(ev).is_break() {
-                return Ok(StreamEnd { bytes: demuxer.bytes_received(), frames: demuxer.frames, truncated: None });
+                return Ok(StreamEnd {
+                    bytes: demuxer.bytes_received(),
+                    frames: demuxer.frames,
+                    truncated: None,
+                });
             }
         }
         let n = match reader.read(&mut chunk) {

@@ -1,5 +1,7 @@
 use super::*;
-use crate::mux::{element, id_bytes, simple_block, stream_start, uint_element, TrackSpec, UNKNOWN_SIZE_FIELD};
+use crate::mux::{
+    element, id_bytes, simple_block, stream_start, uint_element, TrackSpec, UNKNOWN_SIZE_FIELD,
+};
 
 fn vp8_track() -> TrackSpec {
     TrackSpec {
@@ -67,7 +69,16 @@ fn collect(bytes: &[u8], chunk: usize) -> (Vec<Event>, Result<StreamEnd, DemuxEr
 }
 
 fn frames(events: &[Event]) -> Vec<&Frame> {
-    events.iter().filter_map(|e| if let Event::Frame(f) = e { Some(f) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Frame(f) = e {
+                Some(f)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -83,7 +94,9 @@ fn unknown_size_clusters_and_any_chunking_give_the_same_frames() {
         assert!(end.unwrap().truncated.is_none());
         assert_eq!(ev, whole, "chunk size {chunk}");
     }
-    let Event::Header(h) = &whole[0] else { panic!("header first") };
+    let Event::Header(h) = &whole[0] else {
+        panic!("header first")
+    };
     assert_eq!(h.tracks.len(), 2);
     assert_eq!(h.tracks[0].codec, Codec::Vp8);
     assert_eq!(h.tracks[1].codec, Codec::Opus);
@@ -130,15 +143,23 @@ fn known_size_segment_cut_short_is_truncated() {
 #[test]
 fn hostile_inputs_give_clear_errors() {
     assert_eq!(collect(&[], 10).1, Err(DemuxError::Empty));
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    assert!(matches!(collect(&garbage, 100).1, Err(DemuxError::NotMatroska(_))));
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    assert!(matches!(
+        collect(&garbage, 100).1,
+        Err(DemuxError::NotMatroska(_))
+    ));
     let mp4 = b"\0\0\0\x18ftypisom\0\0\0\0isomiso2";
     let err = collect(mp4, 100).1.unwrap_err().to_string();
     assert!(err.contains("MP4"), "{err}");
     // The first upload chunk is missing: the stream starts inside a cluster.
     let bytes = browser_stream(2);
     let err = collect(&bytes[400..], 4096).1.unwrap_err().to_string();
-    assert!(err.contains("starts mid-stream") || err.contains("no EBML header"), "{err}");
+    assert!(
+        err.contains("starts mid-stream") || err.contains("no EBML header"),
+        "{err}"
+    );
 
     // A SimpleBlock declaring 2^56 - 2 bytes: an error at once, no allocation.
     let mut huge = stream_start("webm", &[vp8_track()]);
@@ -159,15 +180,26 @@ fn hostile_inputs_give_clear_errors() {
 
     let mut bad_doc = element(0x1A45DFA3, &element(0x4282, b"avi"));
     bad_doc.extend([0; 8]);
-    assert_eq!(collect(&bad_doc, 64).1, Err(DemuxError::DocType("avi".into())));
+    assert_eq!(
+        collect(&bad_doc, 64).1,
+        Err(DemuxError::DocType("avi".into()))
+    );
 }
 
 #[test]
 fn too_many_tracks_is_an_error() {
-    let tracks: Vec<TrackSpec> = (1..=20).map(|n| TrackSpec { number: n, ..vp8_track() }).collect();
+    let tracks: Vec<TrackSpec> = (1..=20)
+        .map(|n| TrackSpec {
+            number: n,
+            ..vp8_track()
+        })
+        .collect();
     let mut bytes = stream_start("webm", &tracks);
     bytes.extend([0u8; 16]);
-    assert!(matches!(collect(&bytes, 4096).1, Err(DemuxError::TooManyTracks { .. })));
+    assert!(matches!(
+        collect(&bytes, 4096).1,
+        Err(DemuxError::TooManyTracks { .. })
+    ));
 }
 
 #[test]
@@ -183,7 +215,10 @@ fn block_groups_use_reference_block_and_bitstream_for_keyframes() {
         p
     };
     let mut g1 = element(0xA1, &block_payload(0, &VP8_KEY));
-    g1.extend(element(0x75A1, &element(0xA6, &[0xEE, 0x81, 0x01, 0xA5, 0x81, 0x00])));
+    g1.extend(element(
+        0x75A1,
+        &element(0xA6, &[0xEE, 0x81, 0x01, 0xA5, 0x81, 0x00]),
+    ));
     cluster.extend(element(0xA0, &g1));
     let mut g2 = element(0xA1, &block_payload(33, &VP8_INTER));
     g2.extend(uint_element(0xFB, 33));
@@ -215,7 +250,10 @@ fn laced_opus_frames_get_consecutive_timestamps_with_any_timestamp_scale() {
     let (ev, end) = collect(&bytes, 5);
     end.unwrap();
     let f = frames(&ev);
-    assert_eq!(f.iter().map(|f| f.pts_ms()).collect::<Vec<_>>(), vec![1000, 1020, 1040]);
+    assert_eq!(
+        f.iter().map(|f| f.pts_ms()).collect::<Vec<_>>(),
+        vec![1000, 1020, 1040]
+    );
     assert_eq!(f[2].data, vec![0xF8, 3]);
 }
 

@@ -75,7 +75,11 @@ mod id {
     pub const CONTENT_ENCRYPTION: u32 = 0x5035;
 }
 
-pub(super) fn parse_tracks(data: &[u8], at: u64, max_tracks: usize) -> Result<Vec<TrackInfo>, DemuxError> {
+pub(super) fn parse_tracks(
+    data: &[u8],
+    at: u64,
+    max_tracks: usize,
+) -> Result<Vec<TrackInfo>, DemuxError> {
     let mut tracks = Vec::new();
     for child in Children::new(data) {
         let child = child.map_err(|e| malformed("Tracks", at, e))?;
@@ -83,7 +87,10 @@ pub(super) fn parse_tracks(data: &[u8], at: u64, max_tracks: usize) -> Result<Ve
             continue;
         }
         if tracks.len() >= max_tracks {
-            return Err(DemuxError::TooManyTracks { count: tracks.len() + 1, limit: max_tracks });
+            return Err(DemuxError::TooManyTracks {
+                count: tracks.len() + 1,
+                limit: max_tracks,
+            });
         }
         let track = parse_entry(child.data, at + child.offset as u64)?;
         if tracks.iter().any(|t: &TrackInfo| t.number == track.number) {
@@ -96,7 +103,11 @@ pub(super) fn parse_tracks(data: &[u8], at: u64, max_tracks: usize) -> Result<Ve
         tracks.push(track);
     }
     if tracks.is_empty() {
-        return Err(DemuxError::Malformed { what: "Tracks", at, reason: "no TrackEntry".into() });
+        return Err(DemuxError::Malformed {
+            what: "Tracks",
+            at,
+            reason: "no TrackEntry".into(),
+        });
     }
     Ok(tracks)
 }
@@ -132,7 +143,11 @@ fn parse_entry(data: &[u8], at: u64) -> Result<TrackInfo, DemuxError> {
             id::SEEK_PREROLL => track.seek_preroll_ns = read_uint(d).unwrap_or(0),
             id::LANGUAGE => track.language = Some(read_string(d)),
             id::VIDEO => {
-                let mut v = VideoInfo { width: 0, height: 0, alpha_mode: false };
+                let mut v = VideoInfo {
+                    width: 0,
+                    height: 0,
+                    alpha_mode: false,
+                };
                 for c in Children::new(d) {
                     let c = c.map_err(|e| malformed("Video", at, e))?;
                     let value = read_uint(c.data).unwrap_or(0);
@@ -146,11 +161,17 @@ fn parse_entry(data: &[u8], at: u64) -> Result<TrackInfo, DemuxError> {
                 track.video = Some(v);
             }
             id::AUDIO => {
-                let mut a = AudioInfo { sample_rate: 8000.0, channels: 1, bit_depth: None };
+                let mut a = AudioInfo {
+                    sample_rate: 8000.0,
+                    channels: 1,
+                    bit_depth: None,
+                };
                 for c in Children::new(d) {
                     let c = c.map_err(|e| malformed("Audio", at, e))?;
                     match c.id {
-                        id::SAMPLING_FREQUENCY => a.sample_rate = read_float(c.data).unwrap_or(8000.0),
+                        id::SAMPLING_FREQUENCY => {
+                            a.sample_rate = read_float(c.data).unwrap_or(8000.0)
+                        }
                         id::CHANNELS => a.channels = read_uint(c.data).unwrap_or(1).min(255) as u32,
                         id::BIT_DEPTH => a.bit_depth = read_uint(c.data).map(|b| b.min(64) as u32),
                         _ => {}
@@ -163,7 +184,11 @@ fn parse_entry(data: &[u8], at: u64) -> Result<TrackInfo, DemuxError> {
         }
     }
     if number == 0 {
-        return Err(DemuxError::Malformed { what: "TrackEntry", at, reason: "missing or zero TrackNumber".into() });
+        return Err(DemuxError::Malformed {
+            what: "TrackEntry",
+            at,
+            reason: "missing or zero TrackNumber".into(),
+        });
     }
     track.number = number;
     track.kind = match kind_code {

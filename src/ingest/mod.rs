@@ -26,21 +26,33 @@ impl Recording {
     pub fn from_path(path: &Path) -> Self {
         let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         let source = canonical.to_string_lossy().into_owned();
-        Self { id: recording_id(&source), source, path: canonical }
+        Self {
+            id: recording_id(&source),
+            source,
+            path: canonical,
+        }
     }
 
     /// The file name, for role detection and session grouping (never logged).
     pub fn file_name(&self) -> String {
-        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     pub fn open(&self) -> Result<Box<dyn Read + Send>, IngestError> {
-        let err = |reason: String| IngestError::Open { path: self.path.display().to_string(), reason };
+        let err = |reason: String| IngestError::Open {
+            path: self.path.display().to_string(),
+            reason,
+        };
         let meta = std::fs::metadata(&self.path).map_err(|e| err(e.to_string()))?;
         if !meta.is_file() {
             return Err(err("not a regular file".into()));
         }
-        Ok(Box::new(File::open(&self.path).map_err(|e| err(e.to_string()))?))
+        Ok(Box::new(
+            File::open(&self.path).map_err(|e| err(e.to_string()))?,
+        ))
     }
 }
 
@@ -61,7 +73,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> (Vec<Recording>, Vec<IngestError>) {
         match std::fs::metadata(input) {
             Ok(m) if m.is_dir() => walk(input, &mut found, &mut errors),
             Ok(_) => found.push(Recording::from_path(input)),
-            Err(e) => errors.push(IngestError::Open { path: input.display().to_string(), reason: e.to_string() }),
+            Err(e) => errors.push(IngestError::Open {
+                path: input.display().to_string(),
+                reason: e.to_string(),
+            }),
         }
     }
     found.sort_by(|a, b| a.path.cmp(&b.path));
@@ -73,7 +88,10 @@ fn walk(dir: &Path, found: &mut Vec<Recording>, errors: &mut Vec<IngestError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            errors.push(IngestError::Open { path: dir.display().to_string(), reason: e.to_string() });
+            errors.push(IngestError::Open {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            });
             return;
         }
     };
@@ -112,7 +130,8 @@ mod tests {
         std::fs::write(dir.path().join("a.webm"), b"x").unwrap();
         std::fs::write(dir.path().join("sub/b.MKV"), b"x").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
-        let (found, errors) = expand_inputs(&[dir.path().to_path_buf(), dir.path().join("missing.webm")]);
+        let (found, errors) =
+            expand_inputs(&[dir.path().to_path_buf(), dir.path().join("missing.webm")]);
         assert_eq!(found.len(), 2);
         assert_eq!(errors.len(), 1);
     }

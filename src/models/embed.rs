@@ -40,10 +40,19 @@ impl FaceEmbedder {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
         let inputs = model.pool.input_shapes();
-        let input = inputs.first().map(|i| i.0.clone()).ok_or_else(|| model.pool.output_err("no inputs"))?;
+        let input = inputs
+            .first()
+            .map(|i| i.0.clone())
+            .ok_or_else(|| model.pool.output_err("no inputs"))?;
         let names = model.pool.output_names();
-        let output = super::pick_name(&names, &["fc1"], 0).ok_or_else(|| model.pool.output_err("no outputs"))?;
-        Ok(Self { model, input, output, scratch: ScratchPool::default() })
+        let output = super::pick_name(&names, &["fc1"], 0)
+            .ok_or_else(|| model.pool.output_err("no outputs"))?;
+        Ok(Self {
+            model,
+            input,
+            output,
+            scratch: ScratchPool::default(),
+        })
     }
 
     pub fn id(&self) -> &'static str {
@@ -109,19 +118,29 @@ impl FaceEmbedder {
         Self::preprocess(aligned, &mut buf);
         let pool = &self.model.pool;
         let mut v = {
-            let tensor =
-                TensorRef::from_array_view(([1usize, 3, 112, 112], buf.as_slice())).map_err(|e| pool.run_err(e))?;
+            let tensor = TensorRef::from_array_view(([1usize, 3, 112, 112], buf.as_slice()))
+                .map_err(|e| pool.run_err(e))?;
             let mut session = pool.checkout();
             let outputs = session
-                .run(vec![(std::borrow::Cow::Borrowed(self.input.as_str()), ort::session::SessionInputValue::from(tensor))])
+                .run(vec![(
+                    std::borrow::Cow::Borrowed(self.input.as_str()),
+                    ort::session::SessionInputValue::from(tensor),
+                )])
                 .map_err(|e| pool.run_err(e))?;
-            let out = outputs.get(&self.output).ok_or_else(|| pool.output_err("embedding output missing"))?;
-            let (_, data) = out.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
+            let out = outputs
+                .get(&self.output)
+                .ok_or_else(|| pool.output_err("embedding output missing"))?;
+            let (_, data) = out
+                .try_extract_tensor::<f32>()
+                .map_err(|e| pool.run_err(e))?;
             data.to_vec()
         };
         self.scratch.give(buf);
         if v.len() != EMBEDDING_DIM {
-            return Err(pool.output_err(format!("embedding has {} values, expected {EMBEDDING_DIM}", v.len())));
+            return Err(pool.output_err(format!(
+                "embedding has {} values, expected {EMBEDDING_DIM}",
+                v.len()
+            )));
         }
         l2_normalize(&mut v);
         Ok(v)
@@ -184,12 +203,26 @@ mod tests {
         for (x, y, p) in img.enumerate_pixels_mut() {
             p.0 = [x as u8, y as u8, 128];
         }
-        let face = Face { bbox: [20.0, 30.0, 70.0, 80.0], score: 1.0, landmarks: Some(ARCFACE_TEMPLATE) };
+        let face = Face {
+            bbox: [20.0, 30.0, 70.0, 80.0],
+            score: 1.0,
+            landmarks: Some(ARCFACE_TEMPLATE),
+        };
         let a = FaceEmbedder::align(&img, &face).unwrap();
         assert_eq!(a.get_pixel(50, 60), img.get_pixel(50, 60));
-        let no_lm = Face { landmarks: None, ..face };
-        assert_eq!(FaceEmbedder::align(&img, &no_lm).unwrap().dimensions(), (112, 112));
-        let degenerate = Face { bbox: [0.0, 0.0, 0.0, 0.0], score: 1.0, landmarks: None };
+        let no_lm = Face {
+            landmarks: None,
+            ..face
+        };
+        assert_eq!(
+            FaceEmbedder::align(&img, &no_lm).unwrap().dimensions(),
+            (112, 112)
+        );
+        let degenerate = Face {
+            bbox: [0.0, 0.0, 0.0, 0.0],
+            score: 1.0,
+            landmarks: None,
+        };
         assert!(FaceEmbedder::align(&img, &degenerate).is_none());
     }
 }

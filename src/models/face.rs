@@ -47,7 +47,9 @@ impl FaceDetector {
     pub fn load(kind: FaceDetectorKind, home: &ModelHome, opts: &ModelOptions) -> Result<Self> {
         Ok(match kind {
             FaceDetectorKind::YuNet => Self::YuNet(YuNet::load(&home.yunet(), opts)?),
-            FaceDetectorKind::UltraFace => Self::UltraFace(UltraFace::load(&home.ultraface(), opts)?),
+            FaceDetectorKind::UltraFace => {
+                Self::UltraFace(UltraFace::load(&home.ultraface(), opts)?)
+            }
         })
     }
     pub fn detect(&self, img: &RgbImage) -> Result<Vec<Face>> {
@@ -71,7 +73,10 @@ impl FaceDetector {
 }
 
 fn input_err(model: &str, reason: &str) -> ModelError {
-    ModelError::Input { model: model.to_string(), reason: reason.to_string() }
+    ModelError::Input {
+        model: model.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -80,7 +85,8 @@ fn input_err(model: &str, reason: &str) -> ModelError {
 
 /// YuNet 2023mar (OpenCV zoo), weights folded to fp32.
 ///
-/// The network has a fixed input (640×640 as exported); frames are scaled to fit and placed
+/// The network has a fixed input (640×640 as exported); larger frames are scaled to fit, and
+/// every frame is placed
 /// at the top-left of a zero canvas (the padding the model was trained with), so mapping back
 /// is a single division by the scale. Each of the strides 8/16/32 gives per-cell `cls`, `obj`
 /// (score = sqrt(cls·obj)), `bbox` (centre offset in cells, log size) and `kps` (5 points as
@@ -105,11 +111,23 @@ impl YuNet {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
         let inputs = model.pool.input_shapes();
-        let (input, shape) = inputs.first().cloned().ok_or_else(|| model.pool.output_err("no inputs"))?;
-        let dim = |i: usize, d: usize| shape.get(i).copied().filter(|&v| v > 0).map(|v| v as usize).unwrap_or(d);
+        let (input, shape) = inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| model.pool.output_err("no inputs"))?;
+        let dim = |i: usize, d: usize| {
+            shape
+                .get(i)
+                .copied()
+                .filter(|&v| v > 0)
+                .map(|v| v as usize)
+                .unwrap_or(d)
+        };
         let (in_h, in_w) = (dim(2, 640), dim(3, 640));
         if in_w % 32 != 0 || in_h % 32 != 0 {
-            return Err(model.pool.output_err(format!("input {in_w}x{in_h} is not a multiple of 32")));
+            return Err(model
+                .pool
+                .output_err(format!("input {in_w}x{in_h} is not a multiple of 32")));
         }
         let names = model.pool.output_names();
         let mut heads = Vec::new();
@@ -121,9 +139,9 @@ impl YuNet {
             match (find("cls"), find("obj"), find("bbox"), find("kps")) {
                 (Some(c), Some(o), Some(b), Some(k)) => heads.push((stride, c, o, b, k)),
                 _ => {
-                    return Err(model
-                        .pool
-                        .output_err(format!("missing cls/obj/bbox/kps outputs for stride {stride}; outputs: {names:?}")))
+                    return Err(model.pool.output_err(format!(
+                        "missing cls/obj/bbox/kps outputs for stride {stride}; outputs: {names:?}"
+                    )))
                 }
             }
         }
@@ -161,10 +179,15 @@ impl YuNet {
         if w == 0 || h == 0 {
             return Err(input_err(&self.model.file, "empty image"));
         }
-        let scale = (self.in_w as f32 / w as f32).min(self.in_h as f32 / h as f32);
+        // Shrink to fit, never enlarge: the detector was trained at native resolution and
+        // OpenCV runs it unscaled; enlarging only adds interpolation blur.
+        let scale = (self.in_w as f32 / w as f32)
+            .min(self.in_h as f32 / h as f32)
+            .min(1.0);
         let nw = ((w as f32 * scale).round() as u32).clamp(1, self.in_w as u32);
         let nh = ((h as f32 * scale).round() as u32).clamp(1, self.in_h as u32);
-        let resized = resize_rgb(img, nw, nh).ok_or_else(|| input_err(&self.model.file, "cannot resize"))?;
+        let resized =
+            resize_rgb(img, nw, nh).ok_or_else(|| input_err(&self.model.file, "cannot resize"))?;
         let plane = self.in_w * self.in_h;
         out.clear();
         out.resize(3 * plane, 0.0);
@@ -188,16 +211,24 @@ impl YuNet {
         let pool = &self.model.pool;
         let mut faces = Vec::new();
         {
-            let tensor = TensorRef::from_array_view(([1usize, 3, self.in_h, self.in_w], buf.as_slice()))
-                .map_err(|e| pool.run_err(e))?;
+            let tensor =
+                TensorRef::from_array_view(([1usize, 3, self.in_h, self.in_w], buf.as_slice()))
+                    .map_err(|e| pool.run_err(e))?;
             let mut session = pool.checkout();
             let outputs = session
-                .run(vec![(std::borrow::Cow::Borrowed(self.input.as_str()), ort::session::SessionInputValue::from(tensor))])
+                .run(vec![(
+                    std::borrow::Cow::Borrowed(self.input.as_str()),
+                    ort::session::SessionInputValue::from(tensor),
+                )])
                 .map_err(|e| pool.run_err(e))?;
             for (stride, cls_n, obj_n, bbox_n, kps_n) in &self.heads {
                 let get = |n: &str| -> Result<&[f32]> {
-                    let v = outputs.get(n).ok_or_else(|| pool.output_err(format!("output {n} missing")))?;
-                    v.try_extract_tensor::<f32>().map(|(_, d)| d).map_err(|e| pool.run_err(e))
+                    let v = outputs
+                        .get(n)
+                        .ok_or_else(|| pool.output_err(format!("output {n} missing")))?;
+                    v.try_extract_tensor::<f32>()
+                        .map(|(_, d)| d)
+                        .map_err(|e| pool.run_err(e))
                 };
                 let (cls, obj, bbox, kps) = (get(cls_n)?, get(obj_n)?, get(bbox_n)?, get(kps_n)?);
                 decode_yunet_level(
@@ -288,7 +319,11 @@ pub(crate) fn decode_yunet_level(
             for (j, p) in lm.iter_mut().enumerate() {
                 *p = [(k[2 * j] + c as f32) * s, (k[2 * j + 1] + r as f32) * s];
             }
-            out.push(Face { bbox: [cx - w / 2.0, cy - h / 2.0, w, h], score, landmarks: Some(lm) });
+            out.push(Face {
+                bbox: [cx - w / 2.0, cy - h / 2.0, w, h],
+                score,
+                landmarks: Some(lm),
+            });
         }
     }
     Ok(())
@@ -320,12 +355,24 @@ impl UltraFace {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
         let inputs = model.pool.input_shapes();
-        let (input, shape) = inputs.first().cloned().ok_or_else(|| model.pool.output_err("no inputs"))?;
-        let dim = |i: usize, d: usize| shape.get(i).copied().filter(|&v| v > 0).map(|v| v as usize).unwrap_or(d);
+        let (input, shape) = inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| model.pool.output_err("no inputs"))?;
+        let dim = |i: usize, d: usize| {
+            shape
+                .get(i)
+                .copied()
+                .filter(|&v| v > 0)
+                .map(|v| v as usize)
+                .unwrap_or(d)
+        };
         let (in_h, in_w) = (dim(2, 240), dim(3, 320));
         let names = model.pool.output_names();
-        let scores_name = super::pick_name(&names, &["scores"], 0).ok_or_else(|| model.pool.output_err("no outputs"))?;
-        let boxes_name = super::pick_name(&names, &["boxes"], 1).ok_or_else(|| model.pool.output_err("one output only"))?;
+        let scores_name = super::pick_name(&names, &["scores"], 0)
+            .ok_or_else(|| model.pool.output_err("no outputs"))?;
+        let boxes_name = super::pick_name(&names, &["boxes"], 1)
+            .ok_or_else(|| model.pool.output_err("one output only"))?;
         Ok(Self {
             model,
             input,
@@ -377,15 +424,23 @@ impl UltraFace {
         let (fw, fh) = (img.width() as f32, img.height() as f32);
         let mut faces = Vec::new();
         {
-            let tensor = TensorRef::from_array_view(([1usize, 3, self.in_h, self.in_w], buf.as_slice()))
-                .map_err(|e| pool.run_err(e))?;
+            let tensor =
+                TensorRef::from_array_view(([1usize, 3, self.in_h, self.in_w], buf.as_slice()))
+                    .map_err(|e| pool.run_err(e))?;
             let mut session = pool.checkout();
             let outputs = session
-                .run(vec![(std::borrow::Cow::Borrowed(self.input.as_str()), ort::session::SessionInputValue::from(tensor))])
+                .run(vec![(
+                    std::borrow::Cow::Borrowed(self.input.as_str()),
+                    ort::session::SessionInputValue::from(tensor),
+                )])
                 .map_err(|e| pool.run_err(e))?;
             let get = |n: &str| -> Result<&[f32]> {
-                let v = outputs.get(n).ok_or_else(|| pool.output_err(format!("output {n} missing")))?;
-                v.try_extract_tensor::<f32>().map(|(_, d)| d).map_err(|e| pool.run_err(e))
+                let v = outputs
+                    .get(n)
+                    .ok_or_else(|| pool.output_err(format!("output {n} missing")))?;
+                v.try_extract_tensor::<f32>()
+                    .map(|(_, d)| d)
+                    .map_err(|e| pool.run_err(e))
             };
             let (scores, boxes) = (get(&self.scores_name)?, get(&self.boxes_name)?);
             let n = scores.len() / 2;
@@ -402,7 +457,11 @@ impl UltraFace {
                 let y1 = (b[1] * fh).clamp(0.0, fh);
                 let x2 = (b[2] * fw).clamp(0.0, fw);
                 let y2 = (b[3] * fh).clamp(0.0, fh);
-                faces.push(Face { bbox: [x1, y1, x2 - x1, y2 - y1], score: s, landmarks: None });
+                faces.push(Face {
+                    bbox: [x1, y1, x2 - x1, y2 - y1],
+                    score: s,
+                    landmarks: None,
+                });
             }
         }
         self.scratch.give(buf);
@@ -437,8 +496,25 @@ mod tests {
 
     #[test]
     fn finish_applies_nms_and_drops_degenerate() {
-        let f = |x: f32, s: f32| Face { bbox: [x, 0.0, 10.0, 10.0], score: s, landmarks: None };
-        let out = finish_faces(vec![f(0.0, 0.7), f(1.0, 0.9), f(100.0, 0.8), Face { bbox: [0.0, 0.0, 0.5, 9.0], score: 1.0, landmarks: None }], 0.3, 10);
+        let f = |x: f32, s: f32| Face {
+            bbox: [x, 0.0, 10.0, 10.0],
+            score: s,
+            landmarks: None,
+        };
+        let out = finish_faces(
+            vec![
+                f(0.0, 0.7),
+                f(1.0, 0.9),
+                f(100.0, 0.8),
+                Face {
+                    bbox: [0.0, 0.0, 0.5, 9.0],
+                    score: 1.0,
+                    landmarks: None,
+                },
+            ],
+            0.3,
+            10,
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].score, 0.9);
         assert_eq!(out[1].score, 0.8);

@@ -15,13 +15,19 @@ pub struct ScratchPool<T> {
 
 impl<T> Default for ScratchPool<T> {
     fn default() -> Self {
-        Self { free: Mutex::new(Vec::new()) }
+        Self {
+            free: Mutex::new(Vec::new()),
+        }
     }
 }
 
 impl<T> ScratchPool<T> {
     pub fn take(&self) -> Vec<T> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
     }
     pub fn give(&self, mut v: Vec<T>) {
         v.clear();
@@ -42,10 +48,13 @@ pub fn resize_rgb(src: &RgbImage, w: u32, h: u32) -> Option<RgbImage> {
     if src.width() == w && src.height() == h {
         return Some(src.clone());
     }
-    let src_view = fr::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fr::PixelType::U8x3).ok()?;
+    let src_view =
+        fr::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fr::PixelType::U8x3)
+            .ok()?;
     let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
     let mut resizer = fr::Resizer::new();
-    let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    let opts =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
     resizer.resize(&src_view, &mut dst, &opts).ok()?;
     RgbImage::from_raw(w, h, dst.into_vec())
 }
@@ -93,7 +102,13 @@ pub fn sample_bilinear(img: &RgbImage, x: f32, y: f32, border: Option<[u8; 3]>) 
 
 /// Warps with an affine map given from *destination* to *source* coordinates
 /// (`[a, b, c, d, e, f]`: `xs = a*x + b*y + c`, `ys = d*x + e*y + f`).
-pub fn warp_affine(img: &RgbImage, dst_to_src: [f32; 6], out_w: u32, out_h: u32, border: Option<[u8; 3]>) -> RgbImage {
+pub fn warp_affine(
+    img: &RgbImage,
+    dst_to_src: [f32; 6],
+    out_w: u32,
+    out_h: u32,
+    border: Option<[u8; 3]>,
+) -> RgbImage {
     let mut out = RgbImage::new(out_w, out_h);
     let [a, b, c, d, e, f] = dst_to_src;
     for (x, y, p) in out.enumerate_pixels_mut() {
@@ -116,7 +131,10 @@ pub fn warp_perspective(img: &RgbImage, dst_to_src: &[f64; 9], out_w: u32, out_h
         let (xs, ys) = if wz.abs() < 1e-12 {
             (f64::NAN, f64::NAN)
         } else {
-            ((m[0] * xf + m[1] * yf + m[2]) / wz, (m[3] * xf + m[4] * yf + m[5]) / wz)
+            (
+                (m[0] * xf + m[1] * yf + m[2]) / wz,
+                (m[3] * xf + m[4] * yf + m[5]) / wz,
+            )
         };
         let v = sample_bilinear(img, xs as f32, ys as f32, None);
         p.0 = [round_u8(v[0]), round_u8(v[1]), round_u8(v[2])];
@@ -207,7 +225,9 @@ pub fn similarity_transform(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<[f32; 
     let b = num_b / den;
     let tx = mdx - (a * msx - b * msy);
     let ty = mdy - (b * msx + a * msy);
-    let m = [a as f32, -b as f32, tx as f32, b as f32, a as f32, ty as f32];
+    let m = [
+        a as f32, -b as f32, tx as f32, b as f32, a as f32, ty as f32,
+    ];
     m.iter().all(|v| v.is_finite()).then_some(m)
 }
 
@@ -246,16 +266,28 @@ mod tests {
 
     #[test]
     fn similarity_recovers_known_transform() {
-        let src = [[10.0f32, 10.0], [30.0, 12.0], [20.0, 25.0], [12.0, 35.0], [28.0, 36.0]];
+        let src = [
+            [10.0f32, 10.0],
+            [30.0, 12.0],
+            [20.0, 25.0],
+            [12.0, 35.0],
+            [28.0, 36.0],
+        ];
         let (a, b, tx, ty) = (0.8f32, 0.3f32, 5.0f32, -7.0f32);
-        let dst: Vec<[f32; 2]> = src.iter().map(|p| [a * p[0] - b * p[1] + tx, b * p[0] + a * p[1] + ty]).collect();
+        let dst: Vec<[f32; 2]> = src
+            .iter()
+            .map(|p| [a * p[0] - b * p[1] + tx, b * p[0] + a * p[1] + ty])
+            .collect();
         let m = similarity_transform(&src, &dst).unwrap();
         for (got, want) in m.iter().zip([a, -b, tx, b, a, ty]) {
             assert!((got - want).abs() < 1e-4, "{m:?}");
         }
         let inv = invert_affine(m).unwrap();
         let p = dst[2];
-        let back = [inv[0] * p[0] + inv[1] * p[1] + inv[2], inv[3] * p[0] + inv[4] * p[1] + inv[5]];
+        let back = [
+            inv[0] * p[0] + inv[1] * p[1] + inv[2],
+            inv[3] * p[0] + inv[4] * p[1] + inv[5],
+        ];
         assert!((back[0] - src[2][0]).abs() < 1e-3 && (back[1] - src[2][1]).abs() < 1e-3);
         assert!(similarity_transform(&[[1.0, 1.0]; 5], &dst).is_none());
     }
@@ -281,7 +313,10 @@ mod tests {
         img.put_pixel(1, 0, image::Rgb([100, 200, 50]));
         let v = sample_bilinear(&img, 0.5, 0.0, None);
         assert_eq!(v, [50.0, 100.0, 25.0]);
-        assert_eq!(sample_bilinear(&img, -5.0, 0.0, Some([7, 7, 7])), [7.0, 7.0, 7.0]);
+        assert_eq!(
+            sample_bilinear(&img, -5.0, 0.0, Some([7, 7, 7])),
+            [7.0, 7.0, 7.0]
+        );
         assert_eq!(sample_bilinear(&img, 5.0, 3.0, None), [100.0, 200.0, 50.0]);
         assert_eq!(sample_bilinear(&img, f32::NAN, 0.0, None), [0.0, 0.0, 0.0]);
     }

@@ -207,7 +207,11 @@ impl ModelHome {
 }
 
 fn ort_library_name() -> String {
-    format!("{}onnxruntime{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
+    format!(
+        "{}onnxruntime{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,7 +298,10 @@ pub fn init_runtime_in(home: &ModelHome) -> Result<&'static Environment> {
         .with_name("classguard")
         .with_telemetry(false)
         .build()
-        .map_err(|e| ModelError::RuntimeLoad { path: path.clone(), reason: e.to_string() })?;
+        .map_err(|e| ModelError::RuntimeLoad {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     tracing::debug!(target: "classguard::models", "ONNX Runtime loaded");
     Ok(ENVIRONMENT.get_or_init(|| env))
 }
@@ -329,7 +336,12 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        Self { intra_threads: 1, pool_size: 1, execution_provider: ExecutionProvider::Cpu, device_id: 0 }
+        Self {
+            intra_threads: 1,
+            pool_size: 1,
+            execution_provider: ExecutionProvider::Cpu,
+            device_id: 0,
+        }
     }
 }
 
@@ -353,12 +365,16 @@ impl std::ops::Deref for PooledSession<'_> {
     type Target = Session;
     fn deref(&self) -> &Session {
         // Invariant: `session` is Some until drop.
-        self.session.as_ref().unwrap_or_else(|| unreachable!("session taken before drop"))
+        self.session
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("session taken before drop"))
     }
 }
 impl std::ops::DerefMut for PooledSession<'_> {
     fn deref_mut(&mut self) -> &mut Session {
-        self.session.as_mut().unwrap_or_else(|| unreachable!("session taken before drop"))
+        self.session
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("session taken before drop"))
     }
 }
 impl Drop for PooledSession<'_> {
@@ -374,7 +390,12 @@ impl Drop for PooledSession<'_> {
 impl SessionPool {
     pub fn new(model: impl Into<String>, sessions: Vec<Session>) -> Self {
         let size = sessions.len();
-        Self { model: model.into(), free: Mutex::new(sessions), available: Condvar::new(), size }
+        Self {
+            model: model.into(),
+            free: Mutex::new(sessions),
+            available: Condvar::new(),
+            size,
+        }
     }
 
     /// Blocks until a session is free.
@@ -382,7 +403,10 @@ impl SessionPool {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(s) = free.pop() {
-                return PooledSession { pool: self, session: Some(s) };
+                return PooledSession {
+                    pool: self,
+                    session: Some(s),
+                };
             }
             free = self.available.wait(free).unwrap_or_else(|p| p.into_inner());
         }
@@ -401,7 +425,13 @@ impl SessionPool {
         s.inputs()
             .iter()
             .map(|o| {
-                (o.name().to_string(), o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default())
+                (
+                    o.name().to_string(),
+                    o.dtype()
+                        .tensor_shape()
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default(),
+                )
             })
             .collect()
     }
@@ -412,34 +442,61 @@ impl SessionPool {
         s.outputs().iter().map(|o| o.name().to_string()).collect()
     }
 
-    /// Runs the model on f32 inputs given by name and returns every output as (name, shape,
-    /// data) converted to f32. Used by tests and benchmarks to compare raw outputs with the
-    /// reference runs; the typed wrappers use their own zero-copy paths.
-    pub fn run_f32(&self, inputs: &[(&str, &[usize], &[f32])]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    /// Runs the model on raw named inputs and returns every float output as (name, shape,
+    /// data). Used by tests and benchmarks to compare raw outputs with the reference runs
+    /// and to time the bare `Session::run`; the typed wrappers use their own paths.
+    pub fn run_raw(
+        &self,
+        inputs: &[(&str, RawInput<'_>)],
+    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
         let mut values = Vec::with_capacity(inputs.len());
-        for (name, shape, data) in inputs {
-            let t = ort::value::TensorRef::from_array_view((shape.to_vec(), *data))
-                .map_err(|e| self.run_err(e))?;
-            values.push((std::borrow::Cow::Borrowed(*name), ort::session::SessionInputValue::from(t)));
+        for (name, input) in inputs {
+            let v = match input {
+                RawInput::F32(shape, data) => ort::session::SessionInputValue::from(
+                    ort::value::TensorRef::from_array_view((shape.to_vec(), *data))
+                        .map_err(|e| self.run_err(e))?,
+                ),
+                RawInput::I64(shape, data) => ort::session::SessionInputValue::from(
+                    ort::value::TensorRef::from_array_view((shape.to_vec(), *data))
+                        .map_err(|e| self.run_err(e))?,
+                ),
+            };
+            values.push((std::borrow::Cow::Borrowed(*name), v));
         }
         let mut s = self.checkout();
         let outputs = s.run(values).map_err(|e| self.run_err(e))?;
         let mut out = Vec::new();
         for (name, v) in outputs.iter() {
-            let (shape, data) = v
-                .try_extract_tensor::<f32>()
-                .map_err(|e| self.run_err(e))?;
-            out.push((name.to_string(), shape.iter().map(|&d| d.max(0) as usize).collect(), data.to_vec()));
+            if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
+                out.push((
+                    name.to_string(),
+                    shape.iter().map(|&d| d.max(0) as usize).collect(),
+                    data.to_vec(),
+                ));
+            }
         }
         Ok(out)
     }
 
     pub(crate) fn run_err<E: std::fmt::Display>(&self, e: E) -> ModelError {
-        ModelError::Run { model: self.model.clone(), reason: e.to_string() }
+        ModelError::Run {
+            model: self.model.clone(),
+            reason: e.to_string(),
+        }
     }
     pub(crate) fn output_err(&self, reason: impl Into<String>) -> ModelError {
-        ModelError::Interface { model: self.model.clone(), reason: reason.into() }
+        ModelError::Interface {
+            model: self.model.clone(),
+            reason: reason.into(),
+        }
     }
+}
+
+/// A borrowed input tensor for [`SessionPool::run_raw`]: shape and row-major data.
+#[derive(Clone, Copy, Debug)]
+pub enum RawInput<'a> {
+    F32(&'a [usize], &'a [f32]),
+    I64(&'a [usize], &'a [i64]),
 }
 
 /// A model file loaded into a pool of sessions, with its identity.
@@ -452,14 +509,21 @@ pub struct LoadedModel {
 }
 
 pub(crate) fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 pub(crate) fn read_model_file(path: &Path) -> Result<Vec<u8>> {
     if !path.is_file() {
-        return Err(ModelError::MissingFile { file: path.to_path_buf() });
+        return Err(ModelError::MissingFile {
+            file: path.to_path_buf(),
+        });
     }
-    std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -481,19 +545,36 @@ pub fn load_model(path: &Path, opts: &ModelOptions) -> Result<LoadedModel> {
         sessions.push(build_session(env, &bytes, opts, &file)?);
     }
     tracing::debug!(target: "classguard::models", model = %file, sha256 = %&sha256[..16], sessions = n, "model loaded");
-    Ok(LoadedModel { pool: SessionPool::new(file.clone(), sessions), sha256, file })
+    Ok(LoadedModel {
+        pool: SessionPool::new(file.clone(), sessions),
+        sha256,
+        file,
+    })
 }
 
-fn build_session(env: &Environment, bytes: &[u8], opts: &ModelOptions, file: &str) -> Result<Session> {
+fn build_session(
+    env: &Environment,
+    bytes: &[u8],
+    opts: &ModelOptions,
+    file: &str,
+) -> Result<Session> {
     let err = |e: ort::Error<ort::session::builder::SessionBuilder>| ModelError::Load {
         model: file.to_string(),
         reason: ort::Error::<()>::from(e).to_string(),
     };
-    let b = Session::builder(env)
-        .map_err(|e| ModelError::Load { model: file.to_string(), reason: e.to_string() })?;
-    let b = b.with_intra_threads(opts.intra_threads.max(1)).map_err(err)?;
+    let b = Session::builder(env).map_err(|e| ModelError::Load {
+        model: file.to_string(),
+        reason: e.to_string(),
+    })?;
+    let b = b
+        .with_intra_threads(opts.intra_threads.max(1))
+        .map_err(err)?;
     let b = b.with_inter_threads(1).map_err(err)?;
-    let b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(err)?;
+    // `All` (99), not `Level3`: ort maps Level3 to ORT_ENABLE_LAYOUT (3), which runtimes before
+    // 1.23 reject as invalid.
+    let b = b
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(err)?;
     let mut b = match opts.execution_provider {
         ExecutionProvider::Cpu => b,
         #[cfg(feature = "cuda")]
@@ -510,8 +591,10 @@ fn build_session(env: &Environment, bytes: &[u8], opts: &ModelOptions, file: &st
             ))
         }
     };
-    b.commit_from_memory(bytes)
-        .map_err(|e| ModelError::Load { model: file.to_string(), reason: e.to_string() })
+    b.commit_from_memory(bytes).map_err(|e| ModelError::Load {
+        model: file.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Finds an input or output name that matches one of `wanted`, else the one at `fallback`.
@@ -547,7 +630,9 @@ pub fn iou_xywh(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 /// Greedy non-maximum suppression. Returns the indices kept, by descending score.
 /// `boxes` are `[x, y, w, h]`. NaN scores sort last and are never kept.
 pub fn nms(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f32) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..boxes.len().min(scores.len())).filter(|&i| scores[i].is_finite()).collect();
+    let mut order: Vec<usize> = (0..boxes.len().min(scores.len()))
+        .filter(|&i| scores[i].is_finite())
+        .collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let mut keep: Vec<usize> = Vec::new();
     'outer: for &i in &order {
@@ -568,17 +653,32 @@ mod tests {
     #[test]
     fn root_resolution_order() {
         let o = |s: &str| Some(OsString::from(s));
-        assert_eq!(resolve_root(o("/cg"), o("/xdg"), o("/home/u")), PathBuf::from("/cg"));
-        assert_eq!(resolve_root(None, o("/xdg"), o("/home/u")), PathBuf::from("/xdg/classguard"));
-        assert_eq!(resolve_root(o(""), o("rel"), o("/home/u")), PathBuf::from("/home/u/.local/share/classguard"));
-        assert_eq!(resolve_root(None, None, o("/h")), PathBuf::from("/h/.local/share/classguard"));
+        assert_eq!(
+            resolve_root(o("/cg"), o("/xdg"), o("/home/u")),
+            PathBuf::from("/cg")
+        );
+        assert_eq!(
+            resolve_root(None, o("/xdg"), o("/home/u")),
+            PathBuf::from("/xdg/classguard")
+        );
+        assert_eq!(
+            resolve_root(o(""), o("rel"), o("/home/u")),
+            PathBuf::from("/home/u/.local/share/classguard")
+        );
+        assert_eq!(
+            resolve_root(None, None, o("/h")),
+            PathBuf::from("/h/.local/share/classguard")
+        );
     }
 
     #[test]
     fn home_paths() {
         let h = ModelHome::at("/r");
         assert_eq!(h.yunet(), PathBuf::from("/r/models/yunet.onnx"));
-        assert_eq!(h.ort_library(), PathBuf::from("/r/onnxruntime/libonnxruntime.so"));
+        assert_eq!(
+            h.ort_library(),
+            PathBuf::from("/r/onnxruntime/libonnxruntime.so")
+        );
     }
 
     #[test]
@@ -587,7 +687,9 @@ mod tests {
         if ENVIRONMENT.get().is_none() && std::env::var_os("CLASSGUARD_ORT_LIB").is_none() {
             let r = init_runtime_in(&ModelHome::at("/nonexistent-classguard-root"));
             match r {
-                Err(ModelError::RuntimeMissing { looked }) => assert!(looked.contains("nonexistent")),
+                Err(ModelError::RuntimeMissing { looked }) => {
+                    assert!(looked.contains("nonexistent"))
+                }
                 Err(e) => panic!("unexpected error {e}"),
                 Ok(_) => panic!("runtime found in a nonexistent root"),
             }
@@ -596,7 +698,11 @@ mod tests {
 
     #[test]
     fn nms_suppresses_overlaps() {
-        let boxes = [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [50.0, 50.0, 10.0, 10.0]];
+        let boxes = [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 1.0, 10.0, 10.0],
+            [50.0, 50.0, 10.0, 10.0],
+        ];
         let scores = [0.8, 0.9, 0.5];
         assert_eq!(nms(&boxes, &scores, 0.5), vec![1, 2]);
         assert!((iou_xywh(&boxes[0], &boxes[0]) - 1.0).abs() < 1e-6);

@@ -11,7 +11,10 @@ use super::imageops::{resize_rgb, ScratchPool};
 use super::{load_model, nms, LoadedModel, ModelError, ModelOptions, Result};
 
 fn input_err(model: &str, reason: &str) -> ModelError {
-    ModelError::Input { model: model.to_string(), reason: reason.to_string() }
+    ModelError::Input {
+        model: model.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Yahoo open_nsfw (ResNet-50 style classifier, BSD-2 weights).
@@ -36,17 +39,31 @@ impl NsfwClassifier {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
         let inputs = model.pool.input_shapes();
-        let (input, shape) = inputs.first().cloned().ok_or_else(|| model.pool.output_err("no inputs"))?;
+        let (input, shape) = inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| model.pool.output_err("no inputs"))?;
         if shape.len() == 4 && shape[3] > 0 && shape[3] != 3 {
-            return Err(model.pool.output_err(format!("expected NHWC input with 3 channels, got {shape:?}")));
+            return Err(model.pool.output_err(format!(
+                "expected NHWC input with 3 channels, got {shape:?}"
+            )));
         }
         let max_batch = match shape.first() {
             Some(&b) if b > 0 => b as usize,
             _ => 16,
         };
         let names = model.pool.output_names();
-        let output = names.first().cloned().ok_or_else(|| model.pool.output_err("no outputs"))?;
-        Ok(Self { model, input, output, max_batch, scratch: ScratchPool::default() })
+        let output = names
+            .first()
+            .cloned()
+            .ok_or_else(|| model.pool.output_err("no outputs"))?;
+        Ok(Self {
+            model,
+            input,
+            output,
+            max_batch,
+            scratch: ScratchPool::default(),
+        })
     }
 
     pub fn id(&self) -> &'static str {
@@ -78,7 +95,9 @@ impl NsfwClassifier {
     /// P(nsfw) for one image.
     pub fn score(&self, img: &RgbImage) -> Result<f32> {
         let v = self.score_batch(&[img])?;
-        v.first().copied().ok_or_else(|| self.model.pool.output_err("empty output"))
+        v.first()
+            .copied()
+            .ok_or_else(|| self.model.pool.output_err("empty output"))
     }
 
     /// P(nsfw) for each image, batched through the model's batch dimension.
@@ -92,19 +111,30 @@ impl NsfwClassifier {
                     self.scratch.give(buf);
                     return Err(input_err(&self.model.file, "empty image"));
                 }
-                Self::preprocess_into(img, &mut buf).ok_or_else(|| input_err(&self.model.file, "cannot resize"))?;
+                Self::preprocess_into(img, &mut buf)
+                    .ok_or_else(|| input_err(&self.model.file, "cannot resize"))?;
             }
             {
-                let tensor = TensorRef::from_array_view(([chunk.len(), 224, 224, 3], buf.as_slice()))
-                    .map_err(|e| pool.run_err(e))?;
+                let tensor =
+                    TensorRef::from_array_view(([chunk.len(), 224, 224, 3], buf.as_slice()))
+                        .map_err(|e| pool.run_err(e))?;
                 let mut session = pool.checkout();
                 let outputs = session
-                    .run(vec![(std::borrow::Cow::Borrowed(self.input.as_str()), ort::session::SessionInputValue::from(tensor))])
+                    .run(vec![(
+                        std::borrow::Cow::Borrowed(self.input.as_str()),
+                        ort::session::SessionInputValue::from(tensor),
+                    )])
                     .map_err(|e| pool.run_err(e))?;
-                let v = outputs.get(&self.output).ok_or_else(|| pool.output_err("output missing"))?;
+                let v = outputs
+                    .get(&self.output)
+                    .ok_or_else(|| pool.output_err("output missing"))?;
                 let (_, data) = v.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
                 if data.len() < chunk.len() * 2 {
-                    return Err(pool.output_err(format!("output has {} values for batch {}", data.len(), chunk.len())));
+                    return Err(pool.output_err(format!(
+                        "output has {} values for batch {}",
+                        data.len(),
+                        chunk.len()
+                    )));
                 }
                 out.extend((0..chunk.len()).map(|i| data[i * 2 + 1]));
             }
@@ -169,10 +199,31 @@ impl NudeNetDetector {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
         let inputs = model.pool.input_shapes();
-        let (input, shape) = inputs.first().cloned().ok_or_else(|| model.pool.output_err("no inputs"))?;
-        let size = shape.get(3).copied().filter(|&v| v > 0).map(|v| v as usize).unwrap_or(320);
-        let output = model.pool.output_names().first().cloned().ok_or_else(|| model.pool.output_err("no outputs"))?;
-        Ok(Self { model, input, output, size, score_threshold: 0.25, nms_threshold: 0.45, scratch: ScratchPool::default() })
+        let (input, shape) = inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| model.pool.output_err("no inputs"))?;
+        let size = shape
+            .get(3)
+            .copied()
+            .filter(|&v| v > 0)
+            .map(|v| v as usize)
+            .unwrap_or(320);
+        let output = model
+            .pool
+            .output_names()
+            .first()
+            .cloned()
+            .ok_or_else(|| model.pool.output_err("no outputs"))?;
+        Ok(Self {
+            model,
+            input,
+            output,
+            size,
+            score_threshold: 0.25,
+            nms_threshold: 0.45,
+            scratch: ScratchPool::default(),
+        })
     }
 
     pub fn id(&self) -> &'static str {
@@ -195,7 +246,8 @@ impl NudeNetDetector {
         let scale = s / w.max(h) as f32;
         let nw = ((w as f32 * scale).round() as u32).clamp(1, self.size as u32);
         let nh = ((h as f32 * scale).round() as u32).clamp(1, self.size as u32);
-        let resized = resize_rgb(img, nw, nh).ok_or_else(|| input_err(&self.model.file, "cannot resize"))?;
+        let resized =
+            resize_rgb(img, nw, nh).ok_or_else(|| input_err(&self.model.file, "cannot resize"))?;
         let pl = (self.size - nw as usize) / 2;
         let pt = (self.size - nh as usize) / 2;
         let plane = self.size * self.size;
@@ -219,18 +271,29 @@ impl NudeNetDetector {
         let (scale, pl, pt) = self.preprocess(img, &mut buf)?;
         let pool = &self.model.pool;
         let dets = {
-            let tensor = TensorRef::from_array_view(([1usize, 3, self.size, self.size], buf.as_slice()))
-                .map_err(|e| pool.run_err(e))?;
+            let tensor =
+                TensorRef::from_array_view(([1usize, 3, self.size, self.size], buf.as_slice()))
+                    .map_err(|e| pool.run_err(e))?;
             let mut session = pool.checkout();
             let outputs = session
-                .run(vec![(std::borrow::Cow::Borrowed(self.input.as_str()), ort::session::SessionInputValue::from(tensor))])
+                .run(vec![(
+                    std::borrow::Cow::Borrowed(self.input.as_str()),
+                    ort::session::SessionInputValue::from(tensor),
+                )])
                 .map_err(|e| pool.run_err(e))?;
-            let v = outputs.get(&self.output).ok_or_else(|| pool.output_err("output missing"))?;
+            let v = outputs
+                .get(&self.output)
+                .ok_or_else(|| pool.output_err("output missing"))?;
             let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
             if shape.len() != 3 || shape[1] != 4 + NUDENET_LABELS.len() as i64 {
                 return Err(pool.output_err(format!("expected [B,22,N] output, got {shape:?}")));
             }
-            decode_yolo(data, shape[2] as usize, self.score_threshold, self.nms_threshold)
+            decode_yolo(
+                data,
+                shape[2] as usize,
+                self.score_threshold,
+                self.nms_threshold,
+            )
         };
         self.scratch.give(buf);
         let (fw, fh) = (img.width() as f32, img.height() as f32);
@@ -241,7 +304,11 @@ impl NudeNetDetector {
                 let y1 = ((b[1] - pt) / scale).clamp(0.0, fh);
                 let x2 = ((b[0] + b[2] - pl) / scale).clamp(0.0, fw);
                 let y2 = ((b[1] + b[3] - pt) / scale).clamp(0.0, fh);
-                NudeNetDetection { label: NUDENET_LABELS[cls], score, bbox: [x1, y1, x2 - x1, y2 - y1] }
+                NudeNetDetection {
+                    label: NUDENET_LABELS[cls],
+                    score,
+                    bbox: [x1, y1, x2 - x1, y2 - y1],
+                }
             })
             .collect())
     }
@@ -249,7 +316,12 @@ impl NudeNetDetector {
 
 /// Decodes a YOLOv8 head laid out `[4 + classes, n]` (channel-major) into
 /// (class, score, `[x, y, w, h]`) after class-agnostic NMS, as NudeNet does.
-pub(crate) fn decode_yolo(data: &[f32], n: usize, score_threshold: f32, nms_threshold: f32) -> Vec<(usize, f32, [f32; 4])> {
+pub(crate) fn decode_yolo(
+    data: &[f32],
+    n: usize,
+    score_threshold: f32,
+    nms_threshold: f32,
+) -> Vec<(usize, f32, [f32; 4])> {
     let classes = NUDENET_LABELS.len();
     if data.len() < (4 + classes) * n {
         return Vec::new();
@@ -272,7 +344,10 @@ pub(crate) fn decode_yolo(data: &[f32], n: usize, score_threshold: f32, nms_thre
     }
     let boxes: Vec<[f32; 4]> = cand.iter().map(|c| c.2).collect();
     let scores: Vec<f32> = cand.iter().map(|c| c.1).collect();
-    nms(&boxes, &scores, nms_threshold).into_iter().map(|i| cand[i]).collect()
+    nms(&boxes, &scores, nms_threshold)
+        .into_iter()
+        .map(|i| cand[i])
+        .collect()
 }
 
 #[cfg(test)]

@@ -82,15 +82,31 @@ impl Ocr {
     pub fn load_files(det_path: &Path, rec_path: &Path, opts: &ModelOptions) -> Result<Self> {
         let det = load_model(det_path, opts)?;
         let rec = load_model(rec_path, opts)?;
-        let det_input = det.pool.input_shapes().first().map(|i| i.0.clone()).ok_or_else(|| det.pool.output_err("no inputs"))?;
-        let (rec_input, rec_shape) =
-            rec.pool.input_shapes().first().cloned().ok_or_else(|| rec.pool.output_err("no inputs"))?;
-        let rec_height = rec_shape.get(2).copied().filter(|&v| v > 0).map(|v| v as usize).unwrap_or(48);
+        let det_input = det
+            .pool
+            .input_shapes()
+            .first()
+            .map(|i| i.0.clone())
+            .ok_or_else(|| det.pool.output_err("no inputs"))?;
+        let (rec_input, rec_shape) = rec
+            .pool
+            .input_shapes()
+            .first()
+            .cloned()
+            .ok_or_else(|| rec.pool.output_err("no inputs"))?;
+        let rec_height = rec_shape
+            .get(2)
+            .copied()
+            .filter(|&v| v > 0)
+            .map(|v| v as usize)
+            .unwrap_or(48);
         let charset = {
             let s = rec.pool.checkout();
             let meta = s.metadata().map_err(|e| rec.pool.run_err(e))?;
             let chars = meta.custom("character").ok_or_else(|| {
-                rec.pool.output_err("model metadata has no `character` key (the recogniser's dictionary)")
+                rec.pool.output_err(
+                    "model metadata has no `character` key (the recogniser's dictionary)",
+                )
             })?;
             parse_charset(&chars)
         };
@@ -119,6 +135,13 @@ impl Ocr {
     pub fn rec_pool(&self) -> &super::SessionPool {
         &self.rec.pool
     }
+    /// Greedy CTC decoding of raw recogniser output for one line (`t` steps × `c` classes).
+    pub fn decode_ctc(&self, probs: &[f32], t: usize, c: usize) -> (String, f32) {
+        if probs.len() < t * c {
+            return (String::new(), 0.0);
+        }
+        ctc_greedy(probs, t, c, &self.charset)
+    }
     pub fn charset_len(&self) -> usize {
         self.charset.len()
     }
@@ -144,7 +167,10 @@ impl Ocr {
     }
 
     fn input_err(&self, reason: &str) -> ModelError {
-        ModelError::Input { model: self.det.file.clone(), reason: reason.to_string() }
+        ModelError::Input {
+            model: self.det.file.clone(),
+            reason: reason.to_string(),
+        }
     }
 
     /// Text boxes in frame pixels (corners TL, TR, BR, BL), in reading order.
@@ -156,33 +182,54 @@ impl Ocr {
         let (dw, dh) = self.det_preprocess(img, &mut buf)?;
         let pool = &self.det.pool;
         let boxes = {
-            let tensor = TensorRef::from_array_view(([1usize, 3, dh as usize, dw as usize], buf.as_slice()))
-                .map_err(|e| pool.run_err(e))?;
+            let tensor =
+                TensorRef::from_array_view(([1usize, 3, dh as usize, dw as usize], buf.as_slice()))
+                    .map_err(|e| pool.run_err(e))?;
             let mut session = pool.checkout();
             let outputs = session
-                .run(vec![(std::borrow::Cow::Borrowed(self.det_input.as_str()), ort::session::SessionInputValue::from(tensor))])
+                .run(vec![(
+                    std::borrow::Cow::Borrowed(self.det_input.as_str()),
+                    ort::session::SessionInputValue::from(tensor),
+                )])
                 .map_err(|e| pool.run_err(e))?;
-            let (_, v) = outputs.iter().next().ok_or_else(|| pool.output_err("no outputs"))?;
+            let (_, v) = outputs
+                .iter()
+                .next()
+                .ok_or_else(|| pool.output_err("no outputs"))?;
             let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
             let (mh, mw) = match shape.len() {
                 4 => (shape[2] as usize, shape[3] as usize),
                 3 => (shape[1] as usize, shape[2] as usize),
-                _ => return Err(pool.output_err(format!("unexpected probability map shape {shape:?}"))),
+                _ => {
+                    return Err(
+                        pool.output_err(format!("unexpected probability map shape {shape:?}"))
+                    )
+                }
             };
             if data.len() < mh * mw {
                 return Err(pool.output_err("probability map smaller than its shape"));
             }
             let o = &self.options;
-            db_postprocess(&data[..mh * mw], mw, mh, o.det_threshold, o.box_threshold, o.unclip_ratio)
-                .into_iter()
-                .map(|b| {
-                    let sx = img.width() as f32 / mw as f32;
-                    let sy = img.height() as f32 / mh as f32;
-                    b.map(|p| {
-                        [(p[0] * sx).clamp(0.0, img.width() as f32), (p[1] * sy).clamp(0.0, img.height() as f32)]
-                    })
+            db_postprocess(
+                &data[..mh * mw],
+                mw,
+                mh,
+                o.det_threshold,
+                o.box_threshold,
+                o.unclip_ratio,
+            )
+            .into_iter()
+            .map(|b| {
+                let sx = img.width() as f32 / mw as f32;
+                let sy = img.height() as f32 / mh as f32;
+                b.map(|p| {
+                    [
+                        (p[0] * sx).clamp(0.0, img.width() as f32),
+                        (p[1] * sy).clamp(0.0, img.height() as f32),
+                    ]
                 })
-                .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
         };
         self.scratch.give(buf);
         Ok(sort_reading_order(boxes))
@@ -206,30 +253,49 @@ impl Ocr {
     pub fn recognize(&self, lines: &[&RgbImage]) -> Result<Vec<(String, f32)>> {
         let mut out = vec![(String::new(), 0.0f32); lines.len()];
         // Batch lines of similar aspect ratio together (less padding), as the reference does.
-        let mut order: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].width() > 0 && lines[i].height() > 0).collect();
+        let mut order: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].width() > 0 && lines[i].height() > 0)
+            .collect();
         order.sort_by(|&a, &b| aspect(lines[a]).total_cmp(&aspect(lines[b])));
         let h = self.rec_height;
         let pool = &self.rec.pool;
         for chunk in order.chunks(self.options.rec_batch.max(1)) {
-            let max_ratio = chunk.iter().map(|&i| aspect(lines[i])).fold(320.0 / 48.0, f32::max);
+            let max_ratio = chunk
+                .iter()
+                .map(|&i| aspect(lines[i]))
+                .fold(320.0 / 48.0, f32::max);
             // Cap absurd aspect ratios (a whole-screen-wide sliver) to bound the tensor size.
             let width = ((h as f32 * max_ratio.min(100.0)).ceil() as usize).max(8);
             let mut buf = self.scratch.take();
             buf.resize(chunk.len() * 3 * h * width, 0.0);
             for (bi, &i) in chunk.iter().enumerate() {
-                rec_preprocess(lines[i], h, width, &mut buf[bi * 3 * h * width..(bi + 1) * 3 * h * width]);
+                rec_preprocess(
+                    lines[i],
+                    h,
+                    width,
+                    &mut buf[bi * 3 * h * width..(bi + 1) * 3 * h * width],
+                );
             }
             {
-                let tensor = TensorRef::from_array_view(([chunk.len(), 3, h, width], buf.as_slice()))
-                    .map_err(|e| pool.run_err(e))?;
+                let tensor =
+                    TensorRef::from_array_view(([chunk.len(), 3, h, width], buf.as_slice()))
+                        .map_err(|e| pool.run_err(e))?;
                 let mut session = pool.checkout();
                 let outputs = session
-                    .run(vec![(std::borrow::Cow::Borrowed(self.rec_input.as_str()), ort::session::SessionInputValue::from(tensor))])
+                    .run(vec![(
+                        std::borrow::Cow::Borrowed(self.rec_input.as_str()),
+                        ort::session::SessionInputValue::from(tensor),
+                    )])
                     .map_err(|e| pool.run_err(e))?;
-                let (_, v) = outputs.iter().next().ok_or_else(|| pool.output_err("no outputs"))?;
+                let (_, v) = outputs
+                    .iter()
+                    .next()
+                    .ok_or_else(|| pool.output_err("no outputs"))?;
                 let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
                 if shape.len() != 3 || shape[0] as usize != chunk.len() {
-                    return Err(pool.output_err(format!("unexpected recogniser output shape {shape:?}")));
+                    return Err(
+                        pool.output_err(format!("unexpected recogniser output shape {shape:?}"))
+                    );
                 }
                 let (t, c) = (shape[1] as usize, shape[2] as usize);
                 for (bi, &i) in chunk.iter().enumerate() {
@@ -250,7 +316,10 @@ fn aspect(img: &RgbImage) -> f32 {
 /// Parses the recogniser's `character` metadata (one symbol per line) and appends the space
 /// the reference pipeline adds as the last class.
 pub(crate) fn parse_charset(meta: &str) -> Vec<String> {
-    let mut v: Vec<String> = meta.split('\n').map(|l| l.trim_end_matches('\r').to_string()).collect();
+    let mut v: Vec<String> = meta
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
     if v.last().is_some_and(|l| l.is_empty()) {
         v.pop();
     }
@@ -272,7 +341,9 @@ pub(crate) fn det_size(w: u32, h: u32, max_side: u32) -> (u32, u32) {
 fn rec_preprocess(img: &RgbImage, h: usize, width: usize, out: &mut [f32]) {
     out.iter_mut().for_each(|v| *v = 0.0);
     let rw = ((h as f32 * aspect(img)).ceil() as usize).clamp(1, width);
-    let Some(r) = resize_rgb(img, rw as u32, h as u32) else { return };
+    let Some(r) = resize_rgb(img, rw as u32, h as u32) else {
+        return;
+    };
     let plane = h * width;
     for y in 0..h {
         for x in 0..rw {
@@ -322,7 +393,12 @@ pub fn crop_box(img: &RgbImage, b: &[[f32; 2]; 4]) -> RgbImage {
     let w = d(b[0], b[1]).max(d(b[2], b[3])).round().max(1.0) as u32;
     let h = d(b[0], b[3]).max(d(b[1], b[2])).round().max(1.0) as u32;
     let src = b.map(|p| [p[0] as f64, p[1] as f64]);
-    let dst = [[0.0, 0.0], [w as f64, 0.0], [w as f64, h as f64], [0.0, h as f64]];
+    let dst = [
+        [0.0, 0.0],
+        [w as f64, 0.0],
+        [w as f64, h as f64],
+        [0.0, h as f64],
+    ];
     let crop = match perspective_transform(&dst, &src) {
         Some(m) => warp_perspective(img, &m, w, h),
         None => RgbImage::new(w, h),
@@ -393,8 +469,16 @@ impl RotRect {
 /// left-most points give TL/BL by y, the two right-most give TR/BR by y).
 pub(crate) fn order_points(mut p: [[f32; 2]; 4]) -> [[f32; 2]; 4] {
     p.sort_by(|a, b| a[0].total_cmp(&b[0]));
-    let (tl, bl) = if p[1][1] > p[0][1] { (p[0], p[1]) } else { (p[1], p[0]) };
-    let (tr, br) = if p[3][1] > p[2][1] { (p[2], p[3]) } else { (p[3], p[2]) };
+    let (tl, bl) = if p[1][1] > p[0][1] {
+        (p[0], p[1])
+    } else {
+        (p[1], p[0])
+    };
+    let (tr, br) = if p[3][1] > p[2][1] {
+        (p[2], p[3])
+    } else {
+        (p[3], p[2])
+    };
     [tl, tr, br, bl]
 }
 
@@ -405,7 +489,9 @@ pub(crate) fn convex_hull(mut pts: Vec<[f32; 2]>) -> Vec<[f32; 2]> {
     if pts.len() < 3 {
         return pts;
     }
-    let cross = |o: [f32; 2], a: [f32; 2], b: [f32; 2]| (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
+    let cross = |o: [f32; 2], a: [f32; 2], b: [f32; 2]| {
+        (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+    };
     let mut lower: Vec<[f32; 2]> = Vec::new();
     for &p in &pts {
         while lower.len() >= 2 && cross(lower[lower.len() - 2], lower[lower.len() - 1], p) <= 0.0 {
@@ -436,8 +522,19 @@ pub(crate) fn min_area_rect(points: Vec<[f32; 2]>) -> Option<RotRect> {
         // A segment or a point: zero-height rectangle along it.
         let (a, b) = (hull[0], *hull.last()?);
         let len = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt();
-        let (ux, uy) = if len > 0.0 { ((b[0] - a[0]) / len, (b[1] - a[1]) / len) } else { (1.0, 0.0) };
-        return Some(RotRect { cx: (a[0] + b[0]) / 2.0, cy: (a[1] + b[1]) / 2.0, ux, uy, w: len, h: 0.0 });
+        let (ux, uy) = if len > 0.0 {
+            ((b[0] - a[0]) / len, (b[1] - a[1]) / len)
+        } else {
+            (1.0, 0.0)
+        };
+        return Some(RotRect {
+            cx: (a[0] + b[0]) / 2.0,
+            cy: (a[1] + b[1]) / 2.0,
+            ux,
+            uy,
+            w: len,
+            h: 0.0,
+        });
     }
     let mut best: Option<(f32, RotRect)> = None;
     for i in 0..hull.len() {
@@ -475,10 +572,32 @@ pub(crate) fn min_area_rect(points: Vec<[f32; 2]>) -> Option<RotRect> {
 
 /// Mean of `map` over the pixels whose centres fall inside the convex quad `q`.
 fn box_score(map: &[f32], w: usize, h: usize, q: &[[f32; 2]; 4]) -> f32 {
-    let xmin = q.iter().map(|p| p[0]).fold(f32::INFINITY, f32::min).floor().max(0.0) as usize;
-    let xmax = (q.iter().map(|p| p[0]).fold(f32::NEG_INFINITY, f32::max).ceil().max(0.0) as usize).min(w.saturating_sub(1));
-    let ymin = q.iter().map(|p| p[1]).fold(f32::INFINITY, f32::min).floor().max(0.0) as usize;
-    let ymax = (q.iter().map(|p| p[1]).fold(f32::NEG_INFINITY, f32::max).ceil().max(0.0) as usize).min(h.saturating_sub(1));
+    let xmin = q
+        .iter()
+        .map(|p| p[0])
+        .fold(f32::INFINITY, f32::min)
+        .floor()
+        .max(0.0) as usize;
+    let xmax = (q
+        .iter()
+        .map(|p| p[0])
+        .fold(f32::NEG_INFINITY, f32::max)
+        .ceil()
+        .max(0.0) as usize)
+        .min(w.saturating_sub(1));
+    let ymin = q
+        .iter()
+        .map(|p| p[1])
+        .fold(f32::INFINITY, f32::min)
+        .floor()
+        .max(0.0) as usize;
+    let ymax = (q
+        .iter()
+        .map(|p| p[1])
+        .fold(f32::NEG_INFINITY, f32::max)
+        .ceil()
+        .max(0.0) as usize)
+        .min(h.saturating_sub(1));
     let inside = |x: f32, y: f32| {
         let mut sign = 0i8;
         for i in 0..4 {
@@ -538,7 +657,8 @@ pub(crate) fn db_postprocess(
         }
         // Flood fill (8-connected), recording each row's extreme pixels: the convex hull of
         // a component only depends on those.
-        let mut extremes: std::collections::HashMap<usize, (usize, usize)> = std::collections::HashMap::new();
+        let mut extremes: std::collections::HashMap<usize, (usize, usize)> =
+            std::collections::HashMap::new();
         label[start] = next;
         queue.push_back(start);
         while let Some(i) = queue.pop_front() {
@@ -567,7 +687,9 @@ pub(crate) fn db_postprocess(
                 pts.push([x1 as f32, y as f32]);
             }
         }
-        let Some(rect) = min_area_rect(pts) else { continue };
+        let Some(rect) = min_area_rect(pts) else {
+            continue;
+        };
         if rect.w.min(rect.h) < MIN_SIZE {
             continue;
         }
@@ -584,11 +706,19 @@ pub(crate) fn db_postprocess(
             continue;
         }
         let dist = area * unclip_ratio / perimeter;
-        let grown = RotRect { w: rect.w + 2.0 * dist, h: rect.h + 2.0 * dist, ..rect };
+        let grown = RotRect {
+            w: rect.w + 2.0 * dist,
+            h: rect.h + 2.0 * dist,
+            ..rect
+        };
         if grown.w.min(grown.h) < MIN_SIZE + 2.0 {
             continue;
         }
-        out.push(grown.corners().map(|p| [p[0].clamp(0.0, w as f32), p[1].clamp(0.0, h as f32)]));
+        out.push(
+            grown
+                .corners()
+                .map(|p| [p[0].clamp(0.0, w as f32), p[1].clamp(0.0, h as f32)]),
+        );
         if out.len() >= MAX_CANDIDATES {
             break;
         }
@@ -618,7 +748,10 @@ mod tests {
         let (text, conf) = ctc_greedy(&probs, steps.len(), 4, &charset);
         assert_eq!(text, "aab ");
         assert!((conf - 0.9).abs() < 1e-6);
-        assert_eq!(ctc_greedy(&vec![0.0; 0], 0, 4, &charset), (String::new(), 0.0));
+        assert_eq!(
+            ctc_greedy(&vec![0.0; 0], 0, 4, &charset),
+            (String::new(), 0.0)
+        );
     }
 
     #[test]
@@ -630,7 +763,14 @@ mod tests {
 
     #[test]
     fn min_rect_of_rotated_points() {
-        let r = min_area_rect(vec![[0.0, 0.0], [10.0, 0.0], [10.0, 4.0], [0.0, 4.0], [5.0, 2.0]]).unwrap();
+        let r = min_area_rect(vec![
+            [0.0, 0.0],
+            [10.0, 0.0],
+            [10.0, 4.0],
+            [0.0, 4.0],
+            [5.0, 2.0],
+        ])
+        .unwrap();
         assert!((r.w.max(r.h) - 10.0).abs() < 1e-4 && (r.w.min(r.h) - 4.0).abs() < 1e-4);
         assert!((r.cx - 5.0).abs() < 1e-4 && (r.cy - 2.0).abs() < 1e-4);
         let c = r.corners();
@@ -665,17 +805,27 @@ mod tests {
     #[test]
     fn reading_order() {
         let b = |x: f32, y: f32| [[x, y], [x + 10.0, y], [x + 10.0, y + 10.0], [x, y + 10.0]];
-        let sorted = sort_reading_order(vec![b(50.0, 41.0), b(0.0, 0.0), b(0.0, 40.0), b(30.0, 2.0)]);
-        assert_eq!(sorted, vec![b(0.0, 0.0), b(30.0, 2.0), b(0.0, 40.0), b(50.0, 41.0)]);
+        let sorted =
+            sort_reading_order(vec![b(50.0, 41.0), b(0.0, 0.0), b(0.0, 40.0), b(30.0, 2.0)]);
+        assert_eq!(
+            sorted,
+            vec![b(0.0, 0.0), b(30.0, 2.0), b(0.0, 40.0), b(50.0, 41.0)]
+        );
     }
 
     #[test]
     fn crop_box_upright() {
         let img = RgbImage::from_pixel(100, 50, image::Rgb([200, 100, 50]));
-        let c = crop_box(&img, &[[10.0, 10.0], [60.0, 10.0], [60.0, 30.0], [10.0, 30.0]]);
+        let c = crop_box(
+            &img,
+            &[[10.0, 10.0], [60.0, 10.0], [60.0, 30.0], [10.0, 30.0]],
+        );
         assert_eq!(c.dimensions(), (50, 20));
         assert_eq!(c.get_pixel(25, 10).0, [200, 100, 50]);
-        let tall = crop_box(&img, &[[10.0, 0.0], [20.0, 0.0], [20.0, 40.0], [10.0, 40.0]]);
+        let tall = crop_box(
+            &img,
+            &[[10.0, 0.0], [20.0, 0.0], [20.0, 40.0], [10.0, 40.0]],
+        );
         assert_eq!(tall.dimensions(), (40, 10));
     }
 }

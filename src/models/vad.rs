@@ -41,7 +41,13 @@ pub struct VadOptions {
 
 impl Default for VadOptions {
     fn default() -> Self {
-        Self { threshold: 0.5, neg_threshold: None, min_speech_ms: 250, min_silence_ms: 100, speech_pad_ms: 30 }
+        Self {
+            threshold: 0.5,
+            neg_threshold: None,
+            min_speech_ms: 250,
+            min_silence_ms: 100,
+            speech_pad_ms: 30,
+        }
     }
 }
 
@@ -64,18 +70,32 @@ impl Vad {
         let model = load_model(path, opts)?;
         let inputs = model.pool.input_shapes();
         let names: Vec<String> = inputs.iter().map(|i| i.0.clone()).collect();
-        let input = super::pick_name(&names, &["input"], 0).ok_or_else(|| model.pool.output_err("no inputs"))?;
-        let state_in = super::pick_name(&names, &["state"], 1).ok_or_else(|| model.pool.output_err("no state input"))?;
-        let sr_in = super::pick_name(&names, &["sr"], 2).ok_or_else(|| model.pool.output_err("no sr input"))?;
+        let input = super::pick_name(&names, &["input"], 0)
+            .ok_or_else(|| model.pool.output_err("no inputs"))?;
+        let state_in = super::pick_name(&names, &["state"], 1)
+            .ok_or_else(|| model.pool.output_err("no state input"))?;
+        let sr_in = super::pick_name(&names, &["sr"], 2)
+            .ok_or_else(|| model.pool.output_err("no sr input"))?;
         let sr_shape = inputs
             .iter()
             .find(|i| i.0 == sr_in)
             .map(|i| i.1.iter().map(|&d| d.max(1) as usize).collect())
             .unwrap_or_default();
         let outs = model.pool.output_names();
-        let prob_out = super::pick_name(&outs, &["output"], 0).ok_or_else(|| model.pool.output_err("no outputs"))?;
-        let state_out = super::pick_name(&outs, &["stateN", "state_out"], 1).ok_or_else(|| model.pool.output_err("no state output"))?;
-        Ok(Self { model, input, state_in, sr_in, sr_shape, prob_out, state_out, options: VadOptions::default() })
+        let prob_out = super::pick_name(&outs, &["output"], 0)
+            .ok_or_else(|| model.pool.output_err("no outputs"))?;
+        let state_out = super::pick_name(&outs, &["stateN", "state_out"], 1)
+            .ok_or_else(|| model.pool.output_err("no state output"))?;
+        Ok(Self {
+            model,
+            input,
+            state_in,
+            sr_in,
+            sr_shape,
+            prob_out,
+            state_out,
+            options: VadOptions::default(),
+        })
     }
 
     pub fn id(&self) -> &'static str {
@@ -126,18 +146,29 @@ impl Vad {
     /// place. Returns the speech probability.
     pub fn run_raw(&self, window: &[f32], state: &[f32], new_state: &mut [f32]) -> Result<f32> {
         let pool = &self.model.pool;
-        if window.len() != CONTEXT + CHUNK || state.len() != STATE_LEN || new_state.len() != STATE_LEN {
+        if window.len() != CONTEXT + CHUNK
+            || state.len() != STATE_LEN
+            || new_state.len() != STATE_LEN
+        {
             return Err(ModelError::Input {
                 model: self.model.file.clone(),
-                reason: format!("window {} (want {}), state {} (want {STATE_LEN})", window.len(), CONTEXT + CHUNK, state.len()),
+                reason: format!(
+                    "window {} (want {}), state {} (want {STATE_LEN})",
+                    window.len(),
+                    CONTEXT + CHUNK,
+                    state.len()
+                ),
             });
         }
         let sr = [SAMPLE_RATE as i64];
-        let x = TensorRef::from_array_view(([1usize, CONTEXT + CHUNK], window)).map_err(|e| pool.run_err(e))?;
-        let st = TensorRef::from_array_view(([2usize, 1, 128], state)).map_err(|e| pool.run_err(e))?;
-        let srt = TensorRef::from_array_view((self.sr_shape.clone(), &sr[..])).map_err(|e| pool.run_err(e))?;
-        use std::borrow::Cow::Borrowed;
+        let x = TensorRef::from_array_view(([1usize, CONTEXT + CHUNK], window))
+            .map_err(|e| pool.run_err(e))?;
+        let st =
+            TensorRef::from_array_view(([2usize, 1, 128], state)).map_err(|e| pool.run_err(e))?;
+        let srt = TensorRef::from_array_view((self.sr_shape.clone(), &sr[..]))
+            .map_err(|e| pool.run_err(e))?;
         use ort::session::SessionInputValue as V;
+        use std::borrow::Cow::Borrowed;
         let mut session = pool.checkout();
         let outputs = session
             .run(vec![
@@ -146,10 +177,16 @@ impl Vad {
                 (Borrowed(self.sr_in.as_str()), V::from(srt)),
             ])
             .map_err(|e| pool.run_err(e))?;
-        let p = outputs.get(&self.prob_out).ok_or_else(|| pool.output_err("probability output missing"))?;
+        let p = outputs
+            .get(&self.prob_out)
+            .ok_or_else(|| pool.output_err("probability output missing"))?;
         let (_, pd) = p.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
-        let prob = *pd.first().ok_or_else(|| pool.output_err("empty probability"))?;
-        let s = outputs.get(&self.state_out).ok_or_else(|| pool.output_err("state output missing"))?;
+        let prob = *pd
+            .first()
+            .ok_or_else(|| pool.output_err("empty probability"))?;
+        let s = outputs
+            .get(&self.state_out)
+            .ok_or_else(|| pool.output_err("state output missing"))?;
         let (_, sd) = s.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
         if sd.len() != STATE_LEN {
             return Err(pool.output_err(format!("state output has {} values", sd.len())));
@@ -176,7 +213,9 @@ impl VadStream<'_> {
     /// Runs the model on one full chunk and advances the context and state.
     fn step(&mut self, chunk: &[f32; CHUNK]) -> Result<f32> {
         self.window[CONTEXT..].copy_from_slice(chunk);
-        let p = self.vad.run_raw(&self.window, &self.state, &mut self.next_state)?;
+        let p = self
+            .vad
+            .run_raw(&self.window, &self.state, &mut self.next_state)?;
         std::mem::swap(&mut self.state, &mut self.next_state);
         self.window.copy_within(CHUNK.., 0);
         self.chunks += 1;
@@ -275,7 +314,10 @@ impl Segmenter {
         }
         self.last_end = e;
         let to_ms = |v: u64| v * 1000 / SAMPLE_RATE as u64;
-        Some(SpeechSegment { start_ms: to_ms(s), end_ms: to_ms(e) })
+        Some(SpeechSegment {
+            start_ms: to_ms(s),
+            end_ms: to_ms(e),
+        })
     }
 
     /// `pos` is the sample index where this chunk starts.
@@ -329,7 +371,13 @@ mod tests {
         let segs = run(&p);
         assert_eq!(segs.len(), 1);
         // start = 10*32 ms - 30 ms pad, end = 30*32 ms + 30 ms pad
-        assert_eq!(segs[0], SpeechSegment { start_ms: 290, end_ms: 990 });
+        assert_eq!(
+            segs[0],
+            SpeechSegment {
+                start_ms: 290,
+                end_ms: 990
+            }
+        );
     }
 
     #[test]
@@ -351,6 +399,12 @@ mod tests {
         let mut p = vec![0.0; 5];
         p.extend(vec![0.95; 15]);
         let segs = run(&p);
-        assert_eq!(segs, vec![SpeechSegment { start_ms: 130, end_ms: 640 }]);
+        assert_eq!(
+            segs,
+            vec![SpeechSegment {
+                start_ms: 130,
+                end_ms: 640
+            }]
+        );
     }
 }

@@ -76,7 +76,9 @@ impl Default for LogMel {
 impl LogMel {
     pub fn new() -> Self {
         let window = (0..N_FFT)
-            .map(|n| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32)
+            .map(|n| {
+                (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32
+            })
             .collect();
         let dense = mel_filters(SAMPLE_RATE as f64, N_FFT, N_MELS);
         let n_bins = N_FFT / 2 + 1;
@@ -89,7 +91,11 @@ impl LogMel {
             })
             .collect();
         let fft = FftPlanner::<f32>::new().plan_fft_forward(N_FFT);
-        Self { filters, window, fft }
+        Self {
+            filters,
+            window,
+            fft,
+        }
     }
 
     /// Computes `[80, 3000]` features (row-major, mel-major) for up to 30 s of 16 kHz audio
@@ -101,7 +107,13 @@ impl LogMel {
         let total = WINDOW_SAMPLES + 2 * pad;
         let mut x = vec![0.0f32; total];
         x[pad..pad + n].copy_from_slice(&samples[..n]);
-        let at = |i: usize| -> f32 { if i < n { samples[i] } else { 0.0 } };
+        let at = |i: usize| -> f32 {
+            if i < n {
+                samples[i]
+            } else {
+                0.0
+            }
+        };
         for i in 0..pad {
             // numpy "reflect": x[-1-i] = x[i+1]
             x[pad - 1 - i] = at(i + 1);
@@ -199,13 +211,24 @@ pub(crate) struct Specials {
 
 impl Default for Specials {
     fn default() -> Self {
-        Self { eot: EOT, sot: SOT, no_timestamps: NO_TIMESTAMPS, timestamp_begin: TIMESTAMP_BEGIN }
+        Self {
+            eot: EOT,
+            sot: SOT,
+            no_timestamps: NO_TIMESTAMPS,
+            timestamp_begin: TIMESTAMP_BEGIN,
+        }
     }
 }
 
 /// Applies suppression and Whisper's timestamp rules to one step's logits in place.
 /// `sampled` are the tokens emitted after the prompt in this window.
-pub(crate) fn apply_rules(logits: &mut [f32], sampled: &[u32], sp: &Specials, suppress: &[u32], suppress_begin: &[u32]) {
+pub(crate) fn apply_rules(
+    logits: &mut [f32],
+    sampled: &[u32],
+    sp: &Specials,
+    suppress: &[u32],
+    suppress_begin: &[u32],
+) {
     let v = logits.len();
     let ninf = f32::NEG_INFINITY;
     let kill = |logits: &mut [f32], from: usize, to: usize| {
@@ -240,7 +263,11 @@ pub(crate) fn apply_rules(logits: &mut [f32], sampled: &[u32], sp: &Specials, su
         }
     }
     if let Some(&last) = sampled.iter().rev().find(|&&t| is_ts(t)) {
-        let limit = if last_ts && !penult_ts { last } else { last + 1 };
+        let limit = if last_ts && !penult_ts {
+            last
+        } else {
+            last + 1
+        };
         kill(logits, tb, limit as usize);
     }
     if sampled.is_empty() {
@@ -270,7 +297,12 @@ pub(crate) fn apply_rules(logits: &mut [f32], sampled: &[u32], sp: &Specials, su
 }
 
 /// Suppression without timestamp rules (for `<|notimestamps|>` decoding).
-pub(crate) fn suppress_only(logits: &mut [f32], first: bool, suppress: &[u32], suppress_begin: &[u32]) {
+pub(crate) fn suppress_only(
+    logits: &mut [f32],
+    first: bool,
+    suppress: &[u32],
+    suppress_begin: &[u32],
+) {
     let v = logits.len();
     let lists: [&[u32]; 2] = [suppress, if first { suppress_begin } else { &[] }];
     for id in lists.into_iter().flatten() {
@@ -304,10 +336,17 @@ pub(crate) fn split_segments(
 ) -> (Vec<(u32, u32, Vec<u32>)>, usize) {
     let tb = sp.timestamp_begin;
     let is_ts = |t: u32| t >= tb;
-    let text_of = |s: &[u32]| s.iter().copied().filter(|&t| t < sp.eot).collect::<Vec<_>>();
+    let text_of = |s: &[u32]| {
+        s.iter()
+            .copied()
+            .filter(|&t| t < sp.eot)
+            .collect::<Vec<_>>()
+    };
     let n = tokens.len();
     let single_ending = n >= 2 && !is_ts(tokens[n - 2]) && is_ts(tokens[n - 1]);
-    let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts(tokens[i - 1]) && is_ts(tokens[i])).collect();
+    let consecutive: Vec<usize> = (1..n)
+        .filter(|&i| is_ts(tokens[i - 1]) && is_ts(tokens[i]))
+        .collect();
     let mut segs = Vec::new();
     if !consecutive.is_empty() {
         let mut slices = consecutive;
@@ -340,7 +379,11 @@ pub(crate) fn split_segments(
                 end = t - tb;
             }
         }
-        let start = tokens.first().filter(|&&t| is_ts(t)).map(|&t| t - tb).unwrap_or(0);
+        let start = tokens
+            .first()
+            .filter(|&&t| is_ts(t))
+            .map(|&t| t - tb)
+            .unwrap_or(0);
         let text = text_of(tokens);
         if !text.is_empty() {
             segs.push((start, end.max(start), text));
@@ -373,7 +416,10 @@ pub struct Whisper {
 }
 
 fn file_err(path: &Path, reason: String) -> ModelError {
-    ModelError::Load { model: super::file_name(path), reason }
+    ModelError::Load {
+        model: super::file_name(path),
+        reason,
+    }
 }
 
 impl Whisper {
@@ -389,18 +435,30 @@ impl Whisper {
         )
     }
 
-    pub fn load_files(encoder: &Path, decoder: &Path, tokenizer: &Path, config: &Path, opts: &ModelOptions) -> Result<Self> {
+    pub fn load_files(
+        encoder: &Path,
+        decoder: &Path,
+        tokenizer: &Path,
+        config: &Path,
+        opts: &ModelOptions,
+    ) -> Result<Self> {
         let tok_bytes = super::read_model_file(tokenizer)?;
         let cfg_bytes = super::read_model_file(config)?;
         let enc = load_model(encoder, opts)?;
         let dec = load_model(decoder, opts)?;
-        let tok = tokenizers::Tokenizer::from_bytes(&tok_bytes).map_err(|e| file_err(tokenizer, e.to_string()))?;
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&cfg_bytes).map_err(|e| file_err(config, format!("invalid JSON: {e}")))?;
+        let tok = tokenizers::Tokenizer::from_bytes(&tok_bytes)
+            .map_err(|e| file_err(tokenizer, e.to_string()))?;
+        let cfg: serde_json::Value = serde_json::from_slice(&cfg_bytes)
+            .map_err(|e| file_err(config, format!("invalid JSON: {e}")))?;
         let ids = |key: &str| -> Vec<u32> {
             cfg.get(key)
                 .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as u32)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let suppress = ids("suppress_ids");
@@ -419,16 +477,25 @@ impl Whisper {
         let dec_inputs: Vec<String> = dec.pool.input_shapes().into_iter().map(|i| i.0).collect();
         for want in ["tokens", "offset", "cross_k", "cross_v", "past_k", "past_v"] {
             if !dec_inputs.iter().any(|n| n == want) {
-                return Err(dec.pool.output_err(format!("decoder input `{want}` missing (has {dec_inputs:?})")));
+                return Err(dec.pool.output_err(format!(
+                    "decoder input `{want}` missing (has {dec_inputs:?})"
+                )));
             }
         }
         let enc_outputs = enc.pool.output_names();
         for want in ["cross_k", "cross_v"] {
             if !enc_outputs.iter().any(|n| n == want) {
-                return Err(enc.pool.output_err(format!("encoder output `{want}` missing (has {enc_outputs:?})")));
+                return Err(enc.pool.output_err(format!(
+                    "encoder output `{want}` missing (has {enc_outputs:?})"
+                )));
             }
         }
-        let sha256 = format!("{}+{}+{}", enc.sha256, dec.sha256, super::sha256_hex(&tok_bytes));
+        let sha256 = format!(
+            "{}+{}+{}",
+            enc.sha256,
+            dec.sha256,
+            super::sha256_hex(&tok_bytes)
+        );
         Ok(Self {
             encoder: enc,
             decoder: dec,
@@ -463,17 +530,29 @@ impl Whisper {
     pub fn encode(&self, mel: &[f32]) -> Result<(Vec<usize>, Vec<f32>, Vec<f32>)> {
         let pool = &self.encoder.pool;
         if mel.len() != N_MELS * N_FRAMES {
-            return Err(ModelError::Input { model: self.encoder.file.clone(), reason: format!("mel has {} values", mel.len()) });
+            return Err(ModelError::Input {
+                model: self.encoder.file.clone(),
+                reason: format!("mel has {} values", mel.len()),
+            });
         }
-        let t = TensorRef::from_array_view(([1usize, N_MELS, N_FRAMES], mel)).map_err(|e| pool.run_err(e))?;
+        let t = TensorRef::from_array_view(([1usize, N_MELS, N_FRAMES], mel))
+            .map_err(|e| pool.run_err(e))?;
         let mut s = pool.checkout();
         let out = s
-            .run(vec![(std::borrow::Cow::Borrowed("mel"), ort::session::SessionInputValue::from(t))])
+            .run(vec![(
+                std::borrow::Cow::Borrowed("mel"),
+                ort::session::SessionInputValue::from(t),
+            )])
             .map_err(|e| pool.run_err(e))?;
         let get = |n: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-            let v = out.get(n).ok_or_else(|| pool.output_err(format!("{n} missing")))?;
+            let v = out
+                .get(n)
+                .ok_or_else(|| pool.output_err(format!("{n} missing")))?;
             let (shape, d) = v.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
-            Ok((shape.iter().map(|&x| x.max(0) as usize).collect(), d.to_vec()))
+            Ok((
+                shape.iter().map(|&x| x.max(0) as usize).collect(),
+                d.to_vec(),
+            ))
         };
         let (shape, k) = get("cross_k")?;
         let (_, v) = get("cross_v")?;
@@ -485,17 +564,30 @@ impl Whisper {
 
     /// Greedy decoding of one window with timestamps; returns the sampled tokens (without
     /// the prompt and EOT).
-    pub fn decode_window(&self, cross_shape: &[usize], cross_k: &[f32], cross_v: &[f32]) -> Result<Vec<u32>> {
+    pub fn decode_window(
+        &self,
+        cross_shape: &[usize],
+        cross_k: &[f32],
+        cross_v: &[f32],
+    ) -> Result<Vec<u32>> {
         self.decode_greedy(cross_shape, cross_k, cross_v, true)
     }
 
     /// Greedy decoding. With `timestamps` the prompt is `<|startoftranscript|>` and the
     /// timestamp rules apply; without, the prompt adds `<|notimestamps|>` and only the
     /// config's suppression lists apply (plain text, no segment times).
-    pub fn decode_greedy(&self, cross_shape: &[usize], cross_k: &[f32], cross_v: &[f32], timestamps: bool) -> Result<Vec<u32>> {
+    pub fn decode_greedy(
+        &self,
+        cross_shape: &[usize],
+        cross_k: &[f32],
+        cross_v: &[f32],
+        timestamps: bool,
+    ) -> Result<Vec<u32>> {
         let pool = &self.decoder.pool;
         if cross_shape.len() != 5 || cross_shape[1] != 1 {
-            return Err(pool.output_err(format!("cross_k shape {cross_shape:?}: expected [layers,1,heads,frames,dim]")));
+            return Err(pool.output_err(format!(
+                "cross_k shape {cross_shape:?}: expected [layers,1,heads,frames,dim]"
+            )));
         }
         let (layers, heads, dim) = (cross_shape[0], cross_shape[2], cross_shape[4]);
         let mut past_k: Vec<f32> = Vec::new();
@@ -513,15 +605,19 @@ impl Whisper {
             let t_len = next_input.len();
             let offset = [past_len as i64];
             {
-                use std::borrow::Cow::Borrowed;
                 use ort::session::SessionInputValue as V;
+                use std::borrow::Cow::Borrowed;
                 let map = |e: ort::Error| pool.run_err(e);
-                let tokens = TensorRef::from_array_view(([1usize, t_len], next_input.as_slice())).map_err(map)?;
+                let tokens = TensorRef::from_array_view(([1usize, t_len], next_input.as_slice()))
+                    .map_err(map)?;
                 let off = TensorRef::from_array_view(([1usize], &offset[..])).map_err(map)?;
-                let ck = TensorRef::from_array_view((cross_shape.to_vec(), cross_k)).map_err(map)?;
-                let cv = TensorRef::from_array_view((cross_shape.to_vec(), cross_v)).map_err(map)?;
+                let ck =
+                    TensorRef::from_array_view((cross_shape.to_vec(), cross_k)).map_err(map)?;
+                let cv =
+                    TensorRef::from_array_view((cross_shape.to_vec(), cross_v)).map_err(map)?;
                 let pshape = vec![layers, 1, heads, past_len, dim];
-                let pk = TensorRef::from_array_view((pshape.clone(), past_k.as_slice())).map_err(map)?;
+                let pk =
+                    TensorRef::from_array_view((pshape.clone(), past_k.as_slice())).map_err(map)?;
                 let pv = TensorRef::from_array_view((pshape, past_v.as_slice())).map_err(map)?;
                 let out = session
                     .run(vec![
@@ -533,18 +629,33 @@ impl Whisper {
                         (Borrowed("past_v"), V::from(pv)),
                     ])
                     .map_err(|e| pool.run_err(e))?;
-                let lg = out.get("logits").ok_or_else(|| pool.output_err("logits missing"))?;
-                let (lshape, ld) = lg.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
-                let vocab = *lshape.last().ok_or_else(|| pool.output_err("logits without shape"))? as usize;
+                let lg = out
+                    .get("logits")
+                    .ok_or_else(|| pool.output_err("logits missing"))?;
+                let (lshape, ld) = lg
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| pool.run_err(e))?;
+                let vocab = *lshape
+                    .last()
+                    .ok_or_else(|| pool.output_err("logits without shape"))?
+                    as usize;
                 if vocab == 0 || ld.len() < vocab {
                     return Err(pool.output_err("empty logits"));
                 }
                 logits_row.clear();
                 logits_row.extend_from_slice(&ld[ld.len() - vocab..]);
-                let pk = out.get("present_k").ok_or_else(|| pool.output_err("present_k missing"))?;
-                let pv = out.get("present_v").ok_or_else(|| pool.output_err("present_v missing"))?;
-                let (_, pkd) = pk.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
-                let (_, pvd) = pv.try_extract_tensor::<f32>().map_err(|e| pool.run_err(e))?;
+                let pk = out
+                    .get("present_k")
+                    .ok_or_else(|| pool.output_err("present_k missing"))?;
+                let pv = out
+                    .get("present_v")
+                    .ok_or_else(|| pool.output_err("present_v missing"))?;
+                let (_, pkd) = pk
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| pool.run_err(e))?;
+                let (_, pvd) = pv
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| pool.run_err(e))?;
                 if pkd.len() != layers * heads * (past_len + t_len) * dim {
                     return Err(pool.output_err("present_k has an unexpected size"));
                 }
@@ -555,11 +666,24 @@ impl Whisper {
             }
             past_len += t_len;
             if timestamps {
-                apply_rules(&mut logits_row, &sampled, &self.specials, &self.suppress, &self.suppress_begin);
+                apply_rules(
+                    &mut logits_row,
+                    &sampled,
+                    &self.specials,
+                    &self.suppress,
+                    &self.suppress_begin,
+                );
             } else {
-                suppress_only(&mut logits_row, sampled.is_empty(), &self.suppress, &self.suppress_begin);
+                suppress_only(
+                    &mut logits_row,
+                    sampled.is_empty(),
+                    &self.suppress,
+                    &self.suppress_begin,
+                );
             }
-            let Some(tok) = argmax(&logits_row) else { break };
+            let Some(tok) = argmax(&logits_row) else {
+                break;
+            };
             let tok = tok as u32;
             if tok == self.specials.eot {
                 break;
@@ -579,7 +703,10 @@ impl Whisper {
         self.tokenizer
             .decode(ids, true)
             .map(|s| s.trim().to_string())
-            .map_err(|e| ModelError::Run { model: super::files::WHISPER_TOKENIZER.to_string(), reason: e.to_string() })
+            .map_err(|e| ModelError::Run {
+                model: super::files::WHISPER_TOKENIZER.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// Transcribes 16 kHz mono audio of any length in 30 s windows.
@@ -592,7 +719,11 @@ impl Whisper {
     /// Transcribes only the given speech regions (from the VAD), merged into chunks of at
     /// most 30 s. Skipping silence saves the encoder cost and avoids Whisper's tendency to
     /// invent text over silence.
-    pub fn transcribe_regions(&self, samples: &[f32], regions: &[SpeechSegment]) -> Result<Transcript> {
+    pub fn transcribe_regions(
+        &self,
+        samples: &[f32],
+        regions: &[SpeechSegment],
+    ) -> Result<Transcript> {
         let mut segments = Vec::new();
         for (s, e) in merge_regions(regions, samples.len(), 1_000, 30_000) {
             self.transcribe_into(&samples[s..e], s, &mut segments)?;
@@ -600,7 +731,12 @@ impl Whisper {
         Ok(assemble(segments))
     }
 
-    fn transcribe_into(&self, samples: &[f32], base: usize, segments: &mut Vec<TranscriptSegment>) -> Result<()> {
+    fn transcribe_into(
+        &self,
+        samples: &[f32],
+        base: usize,
+        segments: &mut Vec<TranscriptSegment>,
+    ) -> Result<()> {
         let mut mel = Vec::with_capacity(N_MELS * N_FRAMES);
         let mut seek = 0usize;
         // Ignore tails shorter than one token step: nothing can be said in 20 ms.
@@ -616,9 +752,18 @@ impl Whisper {
                 if text.is_empty() {
                     continue;
                 }
-                let to_ms = |step: u32| ((base + seek) as f64 / SAMPLE_RATE as f64 * 1000.0 + step as f64 * TIME_PRECISION * 1000.0).round() as u64;
-                let end_ms = to_ms(b).min(((base + end) as f64 / SAMPLE_RATE as f64 * 1000.0).round() as u64);
-                segments.push(TranscriptSegment { start_ms: to_ms(a), end_ms: end_ms.max(to_ms(a)), text });
+                let to_ms = |step: u32| {
+                    ((base + seek) as f64 / SAMPLE_RATE as f64 * 1000.0
+                        + step as f64 * TIME_PRECISION * 1000.0)
+                        .round() as u64
+                };
+                let end_ms = to_ms(b)
+                    .min(((base + end) as f64 / SAMPLE_RATE as f64 * 1000.0).round() as u64);
+                segments.push(TranscriptSegment {
+                    start_ms: to_ms(a),
+                    end_ms: end_ms.max(to_ms(a)),
+                    text,
+                });
             }
             tracing::debug!(target: "classguard::models", window_start_ms = (base + seek) * 1000 / SAMPLE_RATE, tokens = tokens.len(), "whisper window decoded");
             seek += consumed.max(1);
@@ -628,13 +773,22 @@ impl Whisper {
 }
 
 fn assemble(segments: Vec<TranscriptSegment>) -> Transcript {
-    let text = segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");
+    let text = segments
+        .iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
     Transcript { text, segments }
 }
 
 /// Merges speech regions whose gap is below `max_gap_ms` into sample ranges no longer than
 /// `max_len_ms` (longer regions are split), each padded by 200 ms of context.
-pub(crate) fn merge_regions(regions: &[SpeechSegment], n_samples: usize, max_gap_ms: u64, max_len_ms: u64) -> Vec<(usize, usize)> {
+pub(crate) fn merge_regions(
+    regions: &[SpeechSegment],
+    n_samples: usize,
+    max_gap_ms: u64,
+    max_len_ms: u64,
+) -> Vec<(usize, usize)> {
     let to_s = |ms: u64| ((ms as usize).saturating_mul(SAMPLE_RATE) / 1000).min(n_samples);
     let pad = 200u64;
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -686,8 +840,15 @@ mod tests {
         // band 1 peaks at bin 1 (40 Hz) with weight 2/(mel_f[3]-mel_f[1]).
         let mel_f1 = mel_to_hz_slaney(hz_to_mel_slaney(8000.0) * 1.0 / 81.0);
         let mel_f3 = mel_to_hz_slaney(hz_to_mel_slaney(8000.0) * 3.0 / 81.0);
-        let want = 2.0 / (mel_f3 - mel_f1) * ((40.0 - mel_f1) / (mel_to_hz_slaney(hz_to_mel_slaney(8000.0) * 2.0 / 81.0) - mel_f1)).min(1.0);
-        assert!((f[201 + 1] as f64 - want).abs() < 1e-6, "{} vs {want}", f[202]);
+        let want = 2.0 / (mel_f3 - mel_f1)
+            * ((40.0 - mel_f1)
+                / (mel_to_hz_slaney(hz_to_mel_slaney(8000.0) * 2.0 / 81.0) - mel_f1))
+                .min(1.0);
+        assert!(
+            (f[201 + 1] as f64 - want).abs() < 1e-6,
+            "{} vs {want}",
+            f[202]
+        );
     }
 
     #[test]
@@ -701,7 +862,9 @@ mod tests {
     #[test]
     fn log_mel_of_a_tone_peaks_in_the_right_band() {
         let lm = LogMel::new();
-        let samples: Vec<f32> = (0..16000).map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16000.0).sin() * 0.5).collect();
+        let samples: Vec<f32> = (0..16000)
+            .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16000.0).sin() * 0.5)
+            .collect();
         let mut out = Vec::new();
         lm.compute(&samples, &mut out);
         assert_eq!(out.len(), 80 * 3000);
@@ -709,7 +872,10 @@ mod tests {
         let peak = argmax(&col).unwrap();
         // 1000 Hz = mel 15 on the Slaney scale; bands are ~0.43 mel apart from mel 0.
         let centre_band = (15.0f64 / (hz_to_mel_slaney(8000.0) / 81.0)).round() as usize - 1;
-        assert!((peak as i64 - centre_band as i64).abs() <= 1, "peak {peak}, expected {centre_band}");
+        assert!(
+            (peak as i64 - centre_band as i64).abs() <= 1,
+            "peak {peak}, expected {centre_band}"
+        );
         // Silent tail: clamped to max - 8 -> the minimum value.
         let min = out.iter().copied().fold(f32::INFINITY, f32::min);
         let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -738,6 +904,7 @@ mod tests {
         // After "text <|t|>": next must be a timestamp (>= t) or EOT, not text.
         let mut l = vec![0.0f32; v];
         l[100] = 10.0;
+        l[sp.eot as usize] = 20.0;
         apply_rules(&mut l, &[tb as u32, 100, tb as u32 + 20], &sp, &[], &[]);
         assert_eq!(l[100], f32::NEG_INFINITY);
         assert!(l[sp.eot as usize].is_finite());
@@ -745,7 +912,13 @@ mod tests {
         assert!(l[tb + 20].is_finite());
         // After a pair of timestamps: no timestamp.
         let mut l = vec![0.0f32; v];
-        apply_rules(&mut l, &[tb as u32, 100, tb as u32 + 20, tb as u32 + 20], &sp, &[], &[]);
+        apply_rules(
+            &mut l,
+            &[tb as u32, 100, tb as u32 + 20, tb as u32 + 20],
+            &sp,
+            &[],
+            &[],
+        );
         assert_eq!(l[tb + 30], f32::NEG_INFINITY);
         assert!(l[100].is_finite());
         // Suppressed ids never win.
@@ -782,8 +955,16 @@ mod tests {
 
     #[test]
     fn region_merging() {
-        let s = |a, b| SpeechSegment { start_ms: a, end_ms: b };
-        let r = merge_regions(&[s(1000, 2000), s(2500, 4000), s(10_000, 11_000)], 16_000 * 60, 1000, 30_000);
+        let s = |a, b| SpeechSegment {
+            start_ms: a,
+            end_ms: b,
+        };
+        let r = merge_regions(
+            &[s(1000, 2000), s(2500, 4000), s(10_000, 11_000)],
+            16_000 * 60,
+            1000,
+            30_000,
+        );
         assert_eq!(r, vec![(800 * 16, 4200 * 16), (9800 * 16, 11_200 * 16)]);
         let long = merge_regions(&[s(0, 70_000)], 16_000 * 80, 1000, 30_000);
         assert_eq!(long.len(), 3);

@@ -132,11 +132,23 @@ impl<W: Write> WebmWriter<W> {
     pub fn new(mut out: W, doc_type: &str, tracks: &[TrackSpec]) -> io::Result<Self> {
         let start = stream_start(doc_type, tracks);
         out.write_all(&start)?;
-        Ok(Self { out, cluster_ts: None, cluster: Vec::new(), last_ts: 0, bytes: start.len() as u64 })
+        Ok(Self {
+            out,
+            cluster_ts: None,
+            cluster: Vec::new(),
+            last_ts: 0,
+            bytes: start.len() as u64,
+        })
     }
 
     /// Adds one frame at `pts_ms`; timestamps must not go backwards by more than a cluster span.
-    pub fn write_frame(&mut self, track: u64, pts_ms: i64, keyframe: bool, data: &[u8]) -> io::Result<()> {
+    pub fn write_frame(
+        &mut self,
+        track: u64,
+        pts_ms: i64,
+        keyframe: bool,
+        data: &[u8],
+    ) -> io::Result<()> {
         let pts_ms = pts_ms.max(0);
         let start = match self.cluster_ts {
             Some(ts) if pts_ms >= ts && pts_ms - ts <= MAX_CLUSTER_SPAN_MS => ts,
@@ -147,7 +159,8 @@ impl<W: Write> WebmWriter<W> {
                 pts_ms
             }
         };
-        self.cluster.extend(simple_block(track, (pts_ms - start) as i16, keyframe, data));
+        self.cluster
+            .extend(simple_block(track, (pts_ms - start) as i16, keyframe, data));
         self.last_ts = pts_ms;
         Ok(())
     }
@@ -179,7 +192,14 @@ mod tests {
     fn sizes_roundtrip_through_the_reader() {
         for v in [0u64, 1, 126, 127, 128, 16382, 16383, 1 << 20, (1 << 56) - 2] {
             let b = size_bytes(v);
-            assert_eq!(ebml::read_size(&b), ebml::VarInt::Value { value: v, len: b.len() }, "{v}");
+            assert_eq!(
+                ebml::read_size(&b),
+                ebml::VarInt::Value {
+                    value: v,
+                    len: b.len()
+                },
+                "{v}"
+            );
         }
         assert_eq!(id_bytes(0xA3), vec![0xA3]);
         assert_eq!(id_bytes(0x1A45DFA3), vec![0x1A, 0x45, 0xDF, 0xA3]);

@@ -35,7 +35,11 @@ pub enum PolicyError {
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("{origin}: `{field}`: {message}")]
-    Invalid { origin: String, field: String, message: String },
+    Invalid {
+        origin: String,
+        field: String,
+        message: String,
+    },
 }
 
 impl PolicyError {
@@ -115,7 +119,11 @@ pub struct FrameDiffGate {
 
 impl Default for FrameDiffGate {
     fn default() -> Self {
-        FrameDiffGate { enabled: true, threshold: 2.0, max_gap_ms: 5_000 }
+        FrameDiffGate {
+            enabled: true,
+            threshold: 2.0,
+            max_gap_ms: 5_000,
+        }
     }
 }
 
@@ -134,7 +142,12 @@ pub struct Gates {
 
 impl Default for Gates {
     fn default() -> Self {
-        Gates { frame_diff: FrameDiffGate::default(), ocr_new_slides_only: true, whisper_speech_only: true, batch_size: 8 }
+        Gates {
+            frame_diff: FrameDiffGate::default(),
+            ocr_new_slides_only: true,
+            whisper_speech_only: true,
+            batch_size: 8,
+        }
     }
 }
 
@@ -188,7 +201,10 @@ pub struct NudityPolicy {
 
 impl Default for NudityPolicy {
     fn default() -> Self {
-        NudityPolicy { threshold: 0.8, corroboration: Corroboration { k: 2, n: 3 } }
+        NudityPolicy {
+            threshold: 0.8,
+            corroboration: Corroboration { k: 2, n: 3 },
+        }
     }
 }
 
@@ -251,12 +267,16 @@ pub struct DecisionPolicy {
 
 impl DecisionPolicy {
     pub fn action_for(&self, label: &str) -> Action {
-        self.labels.get(label).map_or(self.unknown_label, |l| l.action)
+        self.labels
+            .get(label)
+            .map_or(self.unknown_label, |l| l.action)
     }
 
     /// Default severity for findings of `label`.
     pub fn severity_for(&self, label: &str) -> Severity {
-        self.labels.get(label).map_or(Severity::Medium, |l| l.severity)
+        self.labels
+            .get(label)
+            .map_or(Severity::Medium, |l| l.severity)
     }
 }
 
@@ -269,14 +289,21 @@ impl Default for DecisionPolicy {
             (labels::NO_FACE, l(Action::Review, Severity::Medium)),
             (labels::MULTIPLE_FACES, l(Action::Review, Severity::Low)),
             (labels::CONTACT_INFO, l(Action::Review, Severity::High)),
-            (labels::PAYMENT_SOLICITATION, l(Action::Review, Severity::High)),
+            (
+                labels::PAYMENT_SOLICITATION,
+                l(Action::Review, Severity::High),
+            ),
             (labels::PROFANITY, l(Action::Review, Severity::Medium)),
             (labels::SILENCE, l(Action::Pass, Severity::Info)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        DecisionPolicy { labels, unknown_label: Action::Review, partial: Action::Review }
+        DecisionPolicy {
+            labels,
+            unknown_label: Action::Review,
+            partial: Action::Review,
+        }
     }
 }
 
@@ -293,7 +320,11 @@ pub struct EvidencePolicy {
 
 impl Default for EvidencePolicy {
     fn default() -> Self {
-        EvidencePolicy { retention_days: 30, keep_face_crops: false, max_excerpt_chars: 200 }
+        EvidencePolicy {
+            retention_days: 30,
+            keep_face_crops: false,
+            max_excerpt_chars: 200,
+        }
     }
 }
 
@@ -370,7 +401,10 @@ impl Policy {
 
     pub fn from_file(path: &Path) -> Result<Policy, PolicyError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { origin: origin.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
         Policy::from_toml_str(&text, &origin)
     }
 
@@ -384,8 +418,10 @@ impl Policy {
 
     /// Parses and validates; `origin` names the source in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let mut policy: Policy = toml::from_str(text)
-            .map_err(|e| PolicyError::Parse { origin: origin.to_string(), message: e.to_string().trim_end().to_string() })?;
+        let mut policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
         policy.validate(origin)?;
         Ok(policy)
     }
@@ -404,16 +440,32 @@ impl Policy {
 
         let s = &self.sampling;
         v.positive_u("sampling.camera.interval_ms", s.camera.interval_ms);
-        v.positive_u("sampling.desktop.check_interval_ms", s.desktop.check_interval_ms);
-        v.range("sampling.desktop.change_threshold", s.desktop.change_threshold, 0.0, 255.0);
+        v.positive_u(
+            "sampling.desktop.check_interval_ms",
+            s.desktop.check_interval_ms,
+        );
+        v.range(
+            "sampling.desktop.change_threshold",
+            s.desktop.change_threshold,
+            0.0,
+            255.0,
+        );
         if s.desktop.max_gap_ms < s.desktop.check_interval_ms {
-            v.fail("sampling.desktop.max_gap_ms", "must be at least check_interval_ms".into());
+            v.fail(
+                "sampling.desktop.max_gap_ms",
+                "must be at least check_interval_ms".into(),
+            );
         }
 
         v.at_most("models.threads", self.models.threads as u64, 256);
 
         let g = &self.gates;
-        v.range("gates.frame_diff.threshold", g.frame_diff.threshold, 0.0, 255.0);
+        v.range(
+            "gates.frame_diff.threshold",
+            g.frame_diff.threshold,
+            0.0,
+            255.0,
+        );
         v.positive_u("gates.frame_diff.max_gap_ms", g.frame_diff.max_gap_ms);
         v.positive_u("gates.batch_size", g.batch_size as u64);
         v.at_most("gates.batch_size", g.batch_size as u64, 1024);
@@ -424,7 +476,12 @@ impl Policy {
         v.range("face.blur_min", f.blur_min, 0.0, 1e6);
         v.range("face.identity_threshold", f.identity_threshold, -1.0, 1.0);
         v.range("face.no_face_min_s", f.no_face_min_s, 0.0, 86_400.0);
-        v.range("face.multiple_faces_min_s", f.multiple_faces_min_s, 0.0, 86_400.0);
+        v.range(
+            "face.multiple_faces_min_s",
+            f.multiple_faces_min_s,
+            0.0,
+            86_400.0,
+        );
         v.corroboration("face.identity_corroboration", f.identity_corroboration);
 
         v.range("nudity.threshold", self.nudity.threshold, 0.0, 1.0);
@@ -432,7 +489,12 @@ impl Policy {
 
         let sp = &self.speech;
         v.range("speech.vad_threshold", sp.vad_threshold, 0.0, 1.0);
-        v.range("speech.vad_neg_threshold", sp.vad_neg_threshold, 0.0, sp.vad_threshold);
+        v.range(
+            "speech.vad_neg_threshold",
+            sp.vad_neg_threshold,
+            0.0,
+            sp.vad_threshold,
+        );
         v.range("speech.silence_min_s", sp.silence_min_s, 0.0, 86_400.0);
         v.positive_f("speech.silence_min_s", sp.silence_min_s);
 
@@ -445,7 +507,10 @@ impl Policy {
             if !self.decision.labels.contains_key(&r.label) {
                 v.fail(
                     &format!("text_rules[{i}].label"),
-                    format!("label `{}` of rule `{}` is not in [decision.labels]", r.label, r.id),
+                    format!(
+                        "label `{}` of rule `{}` is not in [decision.labels]",
+                        r.label, r.id
+                    ),
                 );
             }
         }
@@ -467,7 +532,8 @@ impl Policy {
         if let Some((field, message)) = v.errors.into_iter().next() {
             return Err(invalid(&field, message));
         }
-        self.text = TextPolicy::compile(&self.text_rules).map_err(|e| invalid(&e.field, e.message))?;
+        self.text =
+            TextPolicy::compile(&self.text_rules).map_err(|e| invalid(&e.field, e.message))?;
         Ok(())
     }
 
@@ -524,9 +590,15 @@ impl Checker {
     }
     fn corroboration(&mut self, field: &str, c: Corroboration) {
         if c.n == 0 || c.n > 1000 {
-            self.fail(&format!("{field}.n"), format!("{} is outside [1, 1000]", c.n));
+            self.fail(
+                &format!("{field}.n"),
+                format!("{} is outside [1, 1000]", c.n),
+            );
         } else if c.k == 0 || c.k > c.n {
-            self.fail(&format!("{field}.k"), format!("{} is outside [1, n = {}]", c.k, c.n));
+            self.fail(
+                &format!("{field}.k"),
+                format!("{} is outside [1, n = {}]", c.k, c.n),
+            );
         }
     }
 }
@@ -557,9 +629,16 @@ mod tests {
     #[test]
     fn fingerprint_ignores_formatting_but_not_values() {
         let a = Policy::from_toml_str("name = \"m\"\nversion = \"1\"\n", "a").unwrap();
-        let b = Policy::from_toml_str("# comment\nversion = \"1\"\nname   = \"m\"\n[face]\nidentity_threshold = 0.363\n", "b")
-            .unwrap();
-        let c = Policy::from_toml_str("name = \"m\"\nversion = \"1\"\n[face]\nidentity_threshold = 0.4\n", "c").unwrap();
+        let b = Policy::from_toml_str(
+            "# comment\nversion = \"1\"\nname   = \"m\"\n[face]\nidentity_threshold = 0.363\n",
+            "b",
+        )
+        .unwrap();
+        let c = Policy::from_toml_str(
+            "name = \"m\"\nversion = \"1\"\n[face]\nidentity_threshold = 0.4\n",
+            "c",
+        )
+        .unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
         assert_eq!(a.fingerprint().len(), 64);

@@ -18,7 +18,9 @@ use crate::verdict::Severity;
 ///
 /// `context`, when given, must also match within `context_window` characters of the hit; it keeps rules
 /// that are only suspicious near a cue (seven spoken digits near "phone") quiet in ordinary lessons
-/// (counting "one two three four five six seven").
+/// (counting "one two three four five six seven"). `exclude`, when given, drops a hit whose matched
+/// text it matches: the regex engine has no look-around, so known innocent phrases are listed there
+/// ("look at the dot com bubble" is not an e-mail address).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextRule {
@@ -41,6 +43,8 @@ pub struct TextRule {
     pub context: Option<String>,
     #[serde(default = "default_context_window")]
     pub context_window: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<String>,
 }
 
 fn any_lang() -> String {
@@ -78,6 +82,7 @@ struct Compiled {
     /// Word-list rule: check word boundaries in code (see [`bounded`]).
     words: bool,
     context: Option<(Regex, usize)>,
+    exclude: Option<Regex>,
 }
 
 /// Compiled text rules.
@@ -89,7 +94,10 @@ pub struct TextPolicy {
 
 impl Default for TextPolicy {
     fn default() -> Self {
-        TextPolicy { set: RegexSet::empty(), rules: Vec::new() }
+        TextPolicy {
+            set: RegexSet::empty(),
+            rules: Vec::new(),
+        }
     }
 }
 
@@ -102,7 +110,10 @@ impl TextPolicy {
         let mut compiled = Vec::with_capacity(rules.len());
         let mut sources = Vec::with_capacity(rules.len());
         for (i, r) in rules.iter().enumerate() {
-            let err = |f: &str, message: String| RuleError { field: format!("text_rules[{i}].{f}"), message };
+            let err = |f: &str, message: String| RuleError {
+                field: format!("text_rules[{i}].{f}"),
+                message,
+            };
             if r.id.trim().is_empty() {
                 return Err(err("id", "must not be empty".into()));
             }
@@ -113,7 +124,10 @@ impl TextPolicy {
                 return Err(err("label", "must not be empty".into()));
             }
             if !valid_lang(&r.lang) {
-                return Err(err("lang", format!("`{}` is not `any` or a language code like `en`", r.lang)));
+                return Err(err(
+                    "lang",
+                    format!("`{}` is not `any` or a language code like `en`", r.lang),
+                ));
             }
             let flags = if r.case_sensitive { "" } else { "(?i)" };
             let (field, body) = match (&r.pattern, r.words.is_empty()) {
@@ -124,7 +138,12 @@ impl TextPolicy {
                     }
                     ("words", words_pattern(&r.words, r.obfuscation))
                 }
-                _ => return Err(err("pattern", "give exactly one of `pattern` or `words`".into())),
+                _ => {
+                    return Err(err(
+                        "pattern",
+                        "give exactly one of `pattern` or `words`".into(),
+                    ))
+                }
             };
             let source = format!("{flags}(?:{body})");
             let re = build(&source).map_err(|e| err(field, e))?;
@@ -137,8 +156,15 @@ impl TextPolicy {
                     if r.context_window == 0 {
                         return Err(err("context_window", "must be greater than 0".into()));
                     }
-                    Some((build(&format!("{flags}(?:{c})")).map_err(|e| err("context", e))?, r.context_window))
+                    Some((
+                        build(&format!("{flags}(?:{c})")).map_err(|e| err("context", e))?,
+                        r.context_window,
+                    ))
                 }
+            };
+            let exclude = match &r.exclude {
+                None => None,
+                Some(x) => Some(build(&format!("{flags}(?:{x})")).map_err(|e| err("exclude", e))?),
             };
             sources.push(source);
             compiled.push(Compiled {
@@ -149,13 +175,20 @@ impl TextPolicy {
                 re,
                 words: r.pattern.is_none(),
                 context,
+                exclude,
             });
         }
         let set = RegexSetBuilder::new(&sources)
             .size_limit(SIZE_LIMIT.saturating_mul(4))
             .build()
-            .map_err(|e| RuleError { field: "text_rules".into(), message: e.to_string() })?;
-        Ok(TextPolicy { set, rules: compiled })
+            .map_err(|e| RuleError {
+                field: "text_rules".into(),
+                message: e.to_string(),
+            })?;
+        Ok(TextPolicy {
+            set,
+            rules: compiled,
+        })
     }
 
     pub fn rule_count(&self) -> usize {
@@ -173,7 +206,9 @@ impl TextPolicy {
 
     /// Rules for `lang` (e.g. the language Whisper detected) plus the `any` rules.
     pub fn scan_lang(&self, text: &str, lang: &str) -> Vec<TextHit> {
-        self.scan_where(text, |r| r.lang == "any" || r.lang.eq_ignore_ascii_case(lang))
+        self.scan_where(text, |r| {
+            r.lang == "any" || r.lang.eq_ignore_ascii_case(lang)
+        })
     }
 
     fn scan_where(&self, text: &str, keep: impl Fn(&Compiled) -> bool) -> Vec<TextHit> {
@@ -190,7 +225,14 @@ impl TextPolicy {
             while let Some(m) = rule.re.find_at(text, pos) {
                 let ok = !m.is_empty()
                     && (!rule.words || bounded(text, m.start(), m.end()))
-                    && rule.context.as_ref().is_none_or(|(c, w)| near(c, *w, text, m.start(), m.end()));
+                    && rule
+                        .context
+                        .as_ref()
+                        .is_none_or(|(c, w)| near(c, *w, text, m.start(), m.end()))
+                    && rule
+                        .exclude
+                        .as_ref()
+                        .is_none_or(|x| !x.is_match(m.as_str()));
                 if ok {
                     hits.push(TextHit {
                         rule_id: rule.id.clone(),
@@ -217,7 +259,10 @@ impl TextPolicy {
 }
 
 fn build(source: &str) -> Result<Regex, String> {
-    RegexBuilder::new(source).size_limit(SIZE_LIMIT).build().map_err(|e| e.to_string())
+    RegexBuilder::new(source)
+        .size_limit(SIZE_LIMIT)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn valid_lang(lang: &str) -> bool {
@@ -226,7 +271,9 @@ fn valid_lang(lang: &str) -> bool {
         let primary = parts.next().unwrap_or("");
         (2..=3).contains(&primary.len())
             && primary.bytes().all(|b| b.is_ascii_lowercase())
-            && parts.next().is_none_or(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+            && parts
+                .next()
+                .is_none_or(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
     }
 }
 
@@ -235,7 +282,10 @@ fn words_pattern(words: &[String], obfuscation: bool) -> String {
     let mut ws: Vec<&str> = words.iter().map(|w| w.trim()).collect();
     ws.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
     ws.dedup();
-    ws.iter().map(|w| word_pattern(w, obfuscation)).collect::<Vec<_>>().join("|")
+    ws.iter()
+        .map(|w| word_pattern(w, obfuscation))
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 fn word_pattern(word: &str, obfuscation: bool) -> String {
@@ -296,25 +346,44 @@ fn bounded(text: &str, start: usize, end: usize) -> bool {
     let last = text[start..end].chars().next_back();
     let before = text[..start].chars().next_back();
     let after = text[end..].chars().next();
-    let lead = first.is_none_or(is_cjk) || !first.is_some_and(is_word) || before.is_none_or(|c| !is_word(c));
-    let trail = last.is_none_or(is_cjk) || !last.is_some_and(is_word) || after.is_none_or(|c| !is_word(c));
+    let lead = first.is_none_or(is_cjk)
+        || !first.is_some_and(is_word)
+        || before.is_none_or(|c| !is_word(c));
+    let trail =
+        last.is_none_or(is_cjk) || !last.is_some_and(is_word) || after.is_none_or(|c| !is_word(c));
     lead && trail
 }
 
 /// Does `context` match within `window` characters of `start..end`?
 fn near(context: &Regex, window: usize, text: &str, start: usize, end: usize) -> bool {
-    let lo = text[..start].char_indices().rev().take(window).last().map_or(start, |(i, _)| i);
-    let hi = text[end..].char_indices().nth(window).map_or(text.len(), |(i, _)| end + i);
+    let lo = text[..start]
+        .char_indices()
+        .rev()
+        .take(window)
+        .last()
+        .map_or(start, |(i, _)| i);
+    let hi = text[end..]
+        .char_indices()
+        .nth(window)
+        .map_or(text.len(), |(i, _)| end + i);
     context.find_at(text, lo).is_some_and(|m| m.start() < hi)
 }
 
 /// Drops a hit contained in another hit of the same label (two phone patterns on one number), and
 /// orders hits by position.
 fn dedup(mut hits: Vec<TextHit>) -> Vec<TextHit> {
-    hits.sort_by(|a, b| a.span.0.cmp(&b.span.0).then(b.span.1.cmp(&a.span.1)).then(a.rule_id.cmp(&b.rule_id)));
+    hits.sort_by(|a, b| {
+        a.span
+            .0
+            .cmp(&b.span.0)
+            .then(b.span.1.cmp(&a.span.1))
+            .then(a.rule_id.cmp(&b.rule_id))
+    });
     let mut kept: Vec<TextHit> = Vec::with_capacity(hits.len());
     for h in hits {
-        let covered = kept.iter().any(|k| k.label == h.label && k.span.0 <= h.span.0 && h.span.1 <= k.span.1);
+        let covered = kept
+            .iter()
+            .any(|k| k.label == h.label && k.span.0 <= h.span.0 && h.span.1 <= k.span.1);
         if !covered {
             kept.push(h);
         }
@@ -338,6 +407,7 @@ mod tests {
             case_sensitive: false,
             context: None,
             context_window: 80,
+            exclude: None,
         }
     }
 
@@ -366,7 +436,8 @@ mod tests {
 
     #[test]
     fn obfuscation() {
-        let tp = TextPolicy::compile(&[words_rule("w", &["shit", "fuck", "asshole"], true)]).unwrap();
+        let tp =
+            TextPolicy::compile(&[words_rule("w", &["shit", "fuck", "asshole"], true)]).unwrap();
         for t in ["sh1t", "f*ck", "f.u.c.k", "a$$hole", "SH!T"] {
             assert_eq!(matched(&tp, t).len(), 1, "{t}");
         }
@@ -396,6 +467,19 @@ mod tests {
     }
 
     #[test]
+    fn exclude_drops_innocent_matches() {
+        let mut r = words_rule("x", &[], false);
+        r.pattern = Some(r"\w+ at \w+ dot com".into());
+        r.exclude = Some(r"\bthe dot".into());
+        let tp = TextPolicy::compile(&[r]).unwrap();
+        assert_eq!(
+            matched(&tp, "li at example dot com"),
+            vec!["li at example dot com"]
+        );
+        assert!(matched(&tp, "look at the dot com bubble").is_empty());
+    }
+
+    #[test]
     fn lang_filter() {
         let mut r = words_rule("zh", &["傻逼"], false);
         r.lang = "zh".into();
@@ -408,15 +492,39 @@ mod tests {
     fn compile_errors_name_the_field() {
         let mut bad = words_rule("a", &[], false);
         bad.pattern = Some("(unclosed".into());
-        assert_eq!(TextPolicy::compile(&[bad.clone()]).unwrap_err().field, "text_rules[0].pattern");
+        assert_eq!(
+            TextPolicy::compile(&[bad.clone()]).unwrap_err().field,
+            "text_rules[0].pattern"
+        );
         bad.pattern = Some("x*".into());
-        assert!(TextPolicy::compile(&[bad]).unwrap_err().message.contains("empty string"));
-        let dup = [words_rule("a", &["x"], false), words_rule("a", &["y"], false)];
-        assert_eq!(TextPolicy::compile(&dup).unwrap_err().field, "text_rules[1].id");
-        let both = TextRule { pattern: Some("x".into()), ..words_rule("a", &["x"], false) };
-        assert_eq!(TextPolicy::compile(&[both]).unwrap_err().field, "text_rules[0].pattern");
-        let lang = TextRule { lang: "English".into(), ..words_rule("a", &["x"], false) };
-        assert_eq!(TextPolicy::compile(&[lang]).unwrap_err().field, "text_rules[0].lang");
+        assert!(TextPolicy::compile(&[bad])
+            .unwrap_err()
+            .message
+            .contains("empty string"));
+        let dup = [
+            words_rule("a", &["x"], false),
+            words_rule("a", &["y"], false),
+        ];
+        assert_eq!(
+            TextPolicy::compile(&dup).unwrap_err().field,
+            "text_rules[1].id"
+        );
+        let both = TextRule {
+            pattern: Some("x".into()),
+            ..words_rule("a", &["x"], false)
+        };
+        assert_eq!(
+            TextPolicy::compile(&[both]).unwrap_err().field,
+            "text_rules[0].pattern"
+        );
+        let lang = TextRule {
+            lang: "English".into(),
+            ..words_rule("a", &["x"], false)
+        };
+        assert_eq!(
+            TextPolicy::compile(&[lang]).unwrap_err().field,
+            "text_rules[0].lang"
+        );
     }
 
     #[test]

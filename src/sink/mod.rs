@@ -9,22 +9,34 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {reason}")]
     Encode { path: String, reason: String },
 }
 
 impl SinkError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        SinkError::Io { path: path.display().to_string(), source }
+        SinkError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }
 
 /// Writes `bytes` to `path` via a temp file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| SinkError::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -41,17 +53,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
 
 /// Serialises `value` as pretty JSON and writes it atomically.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), SinkError> {
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| SinkError::Encode { path: path.display().to_string(), reason: e.to_string() })?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| SinkError::Encode {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
 
 /// Encodes an RGB image as JPEG and writes it atomically.
-pub fn write_jpeg_atomic(path: &Path, image: &image::RgbImage, quality: u8) -> Result<(), SinkError> {
+pub fn write_jpeg_atomic(
+    path: &Path,
+    image: &image::RgbImage,
+    quality: u8,
+) -> Result<(), SinkError> {
     let mut bytes = Vec::with_capacity(64 << 10);
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
         .encode_image(image)
-        .map_err(|e| SinkError::Encode { path: path.display().to_string(), reason: e.to_string() })?;
+        .map_err(|e| SinkError::Encode {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     write_atomic(path, &bytes)
 }

@@ -72,7 +72,11 @@ pub struct SliceDirWriter {
 impl SliceDirWriter {
     pub fn new(dir: &Path) -> Result<Self, SinkError> {
         std::fs::create_dir_all(dir.join("slices")).map_err(|e| SinkError::io(dir, e))?;
-        Ok(Self { dir: dir.to_path_buf(), entries: Vec::new(), quality: 85 })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            entries: Vec::new(),
+            quality: 85,
+        })
     }
 
     pub fn mic_path(&self) -> PathBuf {
@@ -124,7 +128,11 @@ impl SliceDirWriter {
                 .collect(),
             slices: self.entries,
             audio: report.audio.as_ref().map(|a| AudioEntry {
-                path: a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                path: a
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 codec: a.codec.clone(),
                 container: a.container,
                 frames: a.frames,

@@ -37,7 +37,12 @@ fn raw_caps() -> gst::Caps {
 }
 
 fn sink() -> gst_app::AppSink {
-    gst_app::AppSink::builder().caps(&raw_caps()).max_buffers(16).drop(false).sync(false).build()
+    gst_app::AppSink::builder()
+        .caps(&raw_caps())
+        .max_buffers(16)
+        .drop(false)
+        .sync(false)
+        .build()
 }
 
 /// A minimal OpusTags packet: decoders expect one after OpusHead in the stream header.
@@ -65,7 +70,11 @@ pub struct AudioOutput {
 impl AudioDecoder {
     pub fn new(track: &TrackInfo) -> Result<(Self, AudioOutput), SliceError> {
         init()?;
-        let (rate, channels) = track.audio.as_ref().map(|a| (a.sample_rate as i32, a.channels as i32)).unwrap_or((48000, 1));
+        let (rate, channels) = track
+            .audio
+            .as_ref()
+            .map(|a| (a.sample_rate as i32, a.channels as i32))
+            .unwrap_or((48000, 1));
         let (caps, decoder) = match track.codec {
             Codec::Opus => {
                 if !track.codec_private.starts_with(b"OpusHead") {
@@ -81,18 +90,29 @@ impl AudioDecoder {
                     .field("channel-mapping-family", 0i32)
                     .field("streamheader", headers)
                     .build();
-                (caps, make_element(&["opusdec"], "gstreamer1.0-plugins-base")?)
+                (
+                    caps,
+                    make_element(&["opusdec"], "gstreamer1.0-plugins-base")?,
+                )
             }
             Codec::Vorbis => {
-                let parts = split_xiph_headers(&track.codec_private)
-                    .ok_or_else(|| SliceError::Decode("Vorbis track has malformed headers".into()))?;
-                let headers = gst::Array::new(parts.iter().map(|p| gst::Buffer::from_slice(p.to_vec()).to_send_value()));
+                let parts = split_xiph_headers(&track.codec_private).ok_or_else(|| {
+                    SliceError::Decode("Vorbis track has malformed headers".into())
+                })?;
+                let headers = gst::Array::new(
+                    parts
+                        .iter()
+                        .map(|p| gst::Buffer::from_slice(p.to_vec()).to_send_value()),
+                );
                 let caps = gst::Caps::builder("audio/x-vorbis")
                     .field("rate", rate)
                     .field("channels", channels.max(1))
                     .field("streamheader", headers)
                     .build();
-                (caps, make_element(&["vorbisdec"], "gstreamer1.0-plugins-base")?)
+                (
+                    caps,
+                    make_element(&["vorbisdec"], "gstreamer1.0-plugins-base")?,
+                )
             }
             ref other => return Err(SliceError::UnsupportedCodec(other.name().to_string())),
         };
@@ -107,12 +127,27 @@ impl AudioDecoder {
         let convert = make_element(&["audioconvert"], "gstreamer1.0-plugins-base")?;
         let resample = make_element(&["audioresample"], "gstreamer1.0-plugins-base")?;
         let sink = sink();
-        let elements = [src.upcast_ref::<gst::Element>(), &decoder, &convert, &resample, sink.upcast_ref()];
-        pipeline.0.add_many(elements).map_err(|e| SliceError::Gstreamer(e.to_string()))?;
+        let elements = [
+            src.upcast_ref::<gst::Element>(),
+            &decoder,
+            &convert,
+            &resample,
+            sink.upcast_ref(),
+        ];
+        pipeline
+            .0
+            .add_many(elements)
+            .map_err(|e| SliceError::Gstreamer(e.to_string()))?;
         gst::Element::link_many(elements).map_err(|e| SliceError::Gstreamer(e.to_string()))?;
         pipeline.play()?;
         let pipeline = Arc::new(pipeline);
-        Ok((Self { pipeline: pipeline.clone(), src }, AudioOutput { pipeline, sink }))
+        Ok((
+            Self {
+                pipeline: pipeline.clone(),
+                src,
+            },
+            AudioOutput { pipeline, sink },
+        ))
     }
 
     pub fn push(&self, frame: &Frame) -> Result<(), SliceError> {
@@ -124,10 +159,13 @@ impl AudioDecoder {
                 b.set_duration(gst::ClockTime::from_nseconds(d));
             }
         }
-        self.src.push_buffer(buffer).map(|_| ()).map_err(|flow| match self.pipeline.poll_bus() {
-            BusState::Error(e) => SliceError::Decode(e),
-            _ => SliceError::Decode(format!("audio decoder stopped ({flow:?})")),
-        })
+        self.src
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|flow| match self.pipeline.poll_bus() {
+                BusState::Error(e) => SliceError::Decode(e),
+                _ => SliceError::Decode(format!("audio decoder stopped ({flow:?})")),
+            })
     }
 
     pub fn end(&self) {
@@ -142,7 +180,11 @@ impl AudioDecoder {
 impl AudioOutput {
     /// Pulls decoded audio until end of stream. Chunks are stamped from the first buffer's time
     /// and then by sample count, so gaps in the source do not shift speech timestamps.
-    pub fn run(self, stall_timeout: Duration, on_chunk: impl FnMut(AudioChunk)) -> Result<(), SliceError> {
+    pub fn run(
+        self,
+        stall_timeout: Duration,
+        on_chunk: impl FnMut(AudioChunk),
+    ) -> Result<(), SliceError> {
         let r = pull_audio(&self.pipeline, &self.sink, stall_timeout, on_chunk);
         if r.is_err() {
             self.pipeline.stop();
@@ -161,11 +203,21 @@ fn pull_audio(
     loop {
         if let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
             last = Instant::now();
-            let Some(buffer) = sample.buffer() else { continue };
-            let start_ms = buffer.pts().map(|t| (t.nseconds() / 1_000_000) as i64).unwrap_or(0);
-            let map = buffer.map_readable().map_err(|_| SliceError::Decode("cannot map audio".into()))?;
-            let samples: Vec<f32> =
-                map.as_slice().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let Some(buffer) = sample.buffer() else {
+                continue;
+            };
+            let start_ms = buffer
+                .pts()
+                .map(|t| (t.nseconds() / 1_000_000) as i64)
+                .unwrap_or(0);
+            let map = buffer
+                .map_readable()
+                .map_err(|_| SliceError::Decode("cannot map audio".into()))?;
+            let samples: Vec<f32> = map
+                .as_slice()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             on_chunk(AudioChunk { start_ms, samples });
             continue;
         }
@@ -178,7 +230,10 @@ fn pull_audio(
             return Ok(());
         }
         if last.elapsed() > stall_timeout {
-            return Err(SliceError::Decode(format!("audio decoder made no progress for {}s", stall_timeout.as_secs())));
+            return Err(SliceError::Decode(format!(
+                "audio decoder made no progress for {}s",
+                stall_timeout.as_secs()
+            )));
         }
     }
 }
@@ -188,7 +243,10 @@ fn pull_audio(
 pub fn decode_file_16k_mono(path: &Path) -> Result<Vec<f32>, SliceError> {
     init()?;
     if !path.is_file() {
-        return Err(SliceError::Io(format!("{}: not a readable file", path.display())));
+        return Err(SliceError::Io(format!(
+            "{}: not a readable file",
+            path.display()
+        )));
     }
     let pipeline = OwnedPipeline::new("decode-file");
     let src = make_element(&["filesrc"], "gstreamer1.0 core")?;
@@ -201,11 +259,15 @@ pub fn decode_file_16k_mono(path: &Path) -> Result<Vec<f32>, SliceError> {
         .0
         .add_many([&src, &decodebin, &convert, &resample, sink.upcast_ref()])
         .map_err(|e| SliceError::Gstreamer(e.to_string()))?;
-    src.link(&decodebin).map_err(|e| SliceError::Gstreamer(e.to_string()))?;
-    gst::Element::link_many([&convert, &resample, sink.upcast_ref()]).map_err(|e| SliceError::Gstreamer(e.to_string()))?;
+    src.link(&decodebin)
+        .map_err(|e| SliceError::Gstreamer(e.to_string()))?;
+    gst::Element::link_many([&convert, &resample, sink.upcast_ref()])
+        .map_err(|e| SliceError::Gstreamer(e.to_string()))?;
     let convert_weak = convert.downgrade();
     decodebin.connect_pad_added(move |_, pad| {
-        let Some(convert) = convert_weak.upgrade() else { return };
+        let Some(convert) = convert_weak.upgrade() else {
+            return;
+        };
         let is_audio = pad
             .current_caps()
             .and_then(|c| c.structure(0).map(|s| s.name().starts_with("audio/")))
@@ -218,8 +280,10 @@ pub fn decode_file_16k_mono(path: &Path) -> Result<Vec<f32>, SliceError> {
     });
     pipeline.play()?;
     let mut out = Vec::new();
-    pull_audio(&pipeline, &sink, Duration::from_secs(20), |c| out.extend(c.samples))
-        .map_err(|e| SliceError::Decode(format!("{}: {e}", path.display())))?;
+    pull_audio(&pipeline, &sink, Duration::from_secs(20), |c| {
+        out.extend(c.samples)
+    })
+    .map_err(|e| SliceError::Decode(format!("{}: {e}", path.display())))?;
     Ok(out)
 }
 
@@ -246,7 +310,8 @@ pub struct ExtractedAudio {
 
 impl MicWriter {
     pub fn create(path: &Path, track: &TrackInfo) -> Result<Self, SliceError> {
-        let file = File::create(path).map_err(|e| SliceError::Io(format!("{}: {e}", path.display())))?;
+        let file =
+            File::create(path).map_err(|e| SliceError::Io(format!("{}: {e}", path.display())))?;
         let spec = TrackSpec {
             number: 1,
             kind: 2,
@@ -259,7 +324,13 @@ impl MicWriter {
         };
         let writer = WebmWriter::new(BufWriter::new(file), "webm", &[spec])
             .map_err(|e| SliceError::Io(format!("{}: {e}", path.display())))?;
-        Ok(Self { path: path.to_path_buf(), writer, first_ms: None, end_ms: 0, frames: 0 })
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            first_ms: None,
+            end_ms: 0,
+            frames: 0,
+        })
     }
 
     pub fn write(&mut self, frame: &Frame) -> Result<(), SliceError> {
@@ -274,7 +345,10 @@ impl MicWriter {
     }
 
     pub fn finish(self, codec: &Codec) -> Result<ExtractedAudio, SliceError> {
-        let (_, bytes) = self.writer.finish().map_err(|e| SliceError::Io(format!("{}: {e}", self.path.display())))?;
+        let (_, bytes) = self
+            .writer
+            .finish()
+            .map_err(|e| SliceError::Io(format!("{}: {e}", self.path.display())))?;
         let start = self.first_ms.unwrap_or(0);
         Ok(ExtractedAudio {
             path: self.path,

@@ -38,7 +38,8 @@ impl I420<'_> {
                 px[2] = ((c + 516 * d + 128) >> 8).clamp(0, 255) as u8;
             }
         }
-        RgbImage::from_raw(self.width, self.height, out).expect("buffer sized from width and height")
+        RgbImage::from_raw(self.width, self.height, out)
+            .expect("buffer sized from width and height")
     }
 
     /// Mean luma over a THUMB×THUMB grid, sampling a few pixels per cell: resolution-independent,
@@ -71,7 +72,11 @@ impl I420<'_> {
 
 /// Mean absolute difference of two thumbnails, 0..255.
 pub fn thumb_difference(a: &[u8; THUMB * THUMB], b: &[u8; THUMB * THUMB]) -> f32 {
-    let total: u32 = a.iter().zip(b).map(|(&x, &y)| u32::from(x.abs_diff(y))).sum();
+    let total: u32 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| u32::from(x.abs_diff(y)))
+        .sum();
     total as f32 / (THUMB * THUMB) as f32
 }
 
@@ -93,7 +98,11 @@ mod tests {
     use super::*;
 
     fn planes(w: usize, h: usize, y: u8) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        (vec![y; w * h], vec![128; (w / 2) * (h / 2)], vec![128; (w / 2) * (h / 2)])
+        (
+            vec![y; w * h],
+            vec![128; (w / 2) * (h / 2)],
+            vec![128; (w / 2) * (h / 2)],
+        )
     }
 
     #[test]
@@ -104,7 +113,15 @@ mod tests {
             y[row * stride..row * stride + w].fill(126);
         }
         let (_, u, v) = planes(w, h, 0);
-        let f = I420 { width: w as u32, height: h as u32, y: &y, u: &u, v: &v, y_stride: stride, uv_stride: w / 2 };
+        let f = I420 {
+            width: w as u32,
+            height: h as u32,
+            y: &y,
+            u: &u,
+            v: &v,
+            y_stride: stride,
+            uv_stride: w / 2,
+        };
         let rgb = f.to_rgb();
         assert_eq!(rgb.dimensions(), (6, 4));
         for p in rgb.pixels() {
@@ -115,9 +132,25 @@ mod tests {
     #[test]
     fn thumbnails_see_changes_but_not_resizes() {
         let (y1, u1, v1) = planes(64, 48, 200);
-        let a = I420 { width: 64, height: 48, y: &y1, u: &u1, v: &v1, y_stride: 64, uv_stride: 32 };
+        let a = I420 {
+            width: 64,
+            height: 48,
+            y: &y1,
+            u: &u1,
+            v: &v1,
+            y_stride: 64,
+            uv_stride: 32,
+        };
         let (y2, u2, v2) = planes(32, 24, 200);
-        let b = I420 { width: 32, height: 24, y: &y2, u: &u2, v: &v2, y_stride: 32, uv_stride: 16 };
+        let b = I420 {
+            width: 32,
+            height: 24,
+            y: &y2,
+            u: &u2,
+            v: &v2,
+            y_stride: 32,
+            uv_stride: 16,
+        };
         assert_eq!(thumb_difference(&a.thumbnail(), &b.thumbnail()), 0.0);
         let mut y3 = y1.clone();
         y3[..64 * 24].fill(20);

@@ -43,12 +43,17 @@ impl OwnedPipeline {
         self.0
             .set_state(gst::State::Playing)
             .map(|_| ())
-            .map_err(|_| self.take_error().unwrap_or_else(|| SliceError::Gstreamer("pipeline refused to start".into())))
+            .map_err(|_| {
+                self.take_error()
+                    .unwrap_or_else(|| SliceError::Gstreamer("pipeline refused to start".into()))
+            })
     }
 
     /// The first error or EOS message waiting on the bus, without blocking.
     pub fn poll_bus(&self) -> BusState {
-        let Some(bus) = self.0.bus() else { return BusState::Running };
+        let Some(bus) = self.0.bus() else {
+            return BusState::Running;
+        };
         while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
             match msg.view() {
                 gst::MessageView::Error(err) => {

@@ -31,8 +31,10 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::demux::{
+    Codec, DemuxError, DemuxLimits, Demuxer, Event, StreamHeader, TrackInfo, TrackKind,
+};
 pub use audio::{AudioChunk, ExtractedAudio};
-use crate::demux::{Codec, DemuxError, DemuxLimits, Demuxer, Event, StreamHeader, TrackInfo, TrackKind};
 pub use sampler::KeepReason;
 use sampling::{DecodeMode, SamplingConfig};
 
@@ -68,7 +70,10 @@ impl Role {
     /// Video role from a file name: screen/desktop/whiteboard/share mean desktop, else camera.
     pub fn from_file_name(name: &str) -> Role {
         let lower = name.to_ascii_lowercase();
-        if ["screen", "desktop", "whiteboard", "share"].iter().any(|k| lower.contains(k)) {
+        if ["screen", "desktop", "whiteboard", "share"]
+            .iter()
+            .any(|k| lower.contains(k))
+        {
             Role::Desktop
         } else {
             Role::Camera
@@ -207,7 +212,10 @@ pub fn start<R: Read + Send + 'static>(
     reader: R,
     name: &str,
     opts: SliceOptions,
-) -> (Receiver<SliceOutput>, JoinHandle<Result<SliceReport, SliceError>>) {
+) -> (
+    Receiver<SliceOutput>,
+    JoinHandle<Result<SliceReport, SliceError>>,
+) {
     let (tx, rx) = bounded(opts.channel_capacity.max(1));
     let role = opts.role.unwrap_or_else(|| Role::from_file_name(name));
     let handle = std::thread::Builder::new()
@@ -228,7 +236,9 @@ pub fn run_blocking<R: Read + Send + 'static>(
     for out in rx {
         on_output(out);
     }
-    handle.join().unwrap_or_else(|_| Err(SliceError::Decode("slicing thread panicked".into())))
+    handle
+        .join()
+        .unwrap_or_else(|_| Err(SliceError::Decode("slicing thread panicked".into())))
 }
 
 struct VideoRoute {
@@ -317,7 +327,10 @@ impl Run {
                     Ok(None) => break,
                     Err(e) if header.is_some() => {
                         // Everything before the damage has been routed: audit it, marked partial.
-                        self.partial = Some(format!("stream damaged at byte {}: {e}", demuxer.bytes_received()));
+                        self.partial = Some(format!(
+                            "stream damaged at byte {}: {e}",
+                            demuxer.bytes_received()
+                        ));
                         stopped_early = true;
                         break 'read;
                     }
@@ -349,9 +362,15 @@ impl Run {
             if bytes > self.opts.limits.max_file_bytes {
                 if header.is_none() {
                     self.abort_all();
-                    return Err(SliceError::Io(format!("larger than the limit of {} bytes", self.opts.limits.max_file_bytes)));
+                    return Err(SliceError::Io(format!(
+                        "larger than the limit of {} bytes",
+                        self.opts.limits.max_file_bytes
+                    )));
                 }
-                self.partial = Some(format!("stopped at the file size limit of {} bytes", self.opts.limits.max_file_bytes));
+                self.partial = Some(format!(
+                    "stopped at the file size limit of {} bytes",
+                    self.opts.limits.max_file_bytes
+                ));
                 stopped_early = true;
                 break;
             }
@@ -376,7 +395,10 @@ impl Run {
             match demuxer.finish() {
                 Ok(end) => {
                     if let Some(t) = end.truncated {
-                        self.partial = Some(format!("truncated at byte {} inside {}: {}", t.at_byte, t.inside, t.reason));
+                        self.partial = Some(format!(
+                            "truncated at byte {} inside {}: {}",
+                            t.at_byte, t.inside, t.reason
+                        ));
                     }
                 }
                 Err(e) => {
@@ -398,9 +420,16 @@ impl Run {
         }
         let demux_ms = started.elapsed().as_millis() as u64;
         let header = header.ok_or(SliceError::Demux(DemuxError::NoHeader { bytes }))?;
-        let mut stages = StageTimes { demux_ms, ..Default::default() };
+        let mut stages = StageTimes {
+            demux_ms,
+            ..Default::default()
+        };
         let audio = self.close(&mut stages)?;
-        let duration_ms = header.duration_ms.map(|d| d.round() as i64).unwrap_or(0).max(self.end_ms);
+        let duration_ms = header
+            .duration_ms
+            .map(|d| d.round() as i64)
+            .unwrap_or(0)
+            .max(self.end_ms);
         Ok(SliceReport {
             bytes,
             sha256: hex::encode(hasher.finalize()),
@@ -446,7 +475,10 @@ impl Run {
                         Err(e) => report.error = Some(e.to_string()),
                     }
                 }
-                _ => report.error = Some("not audited (only the first audio track is the microphone)".into()),
+                _ => {
+                    report.error =
+                        Some("not audited (only the first audio track is the microphone)".into())
+                }
             }
             self.reports.push(report);
         }
@@ -477,7 +509,13 @@ impl Run {
         let puller = std::thread::Builder::new()
             .name(format!("video-{number}"))
             .spawn(move || {
-                let mut r = PullerResult { sizes: Vec::new(), decoded: 0, sampled: 0, busy_ms: 0, error: None };
+                let mut r = PullerResult {
+                    sizes: Vec::new(),
+                    decoded: 0,
+                    sampled: 0,
+                    busy_ms: 0,
+                    error: None,
+                };
                 let mut busy = Duration::ZERO;
                 let outcome = output.run(stall, |frame| {
                     let t0 = Instant::now();
@@ -494,15 +532,30 @@ impl Run {
                     };
                     let too_big = u64::from(w) * u64::from(h) > limits.max_frame_pixels;
                     let full = r.sampled >= limits.max_slices_per_track;
-                    if cancel.load(Ordering::Relaxed) || too_big || full || !sampler.wants(frame.pts_ms) {
+                    if cancel.load(Ordering::Relaxed)
+                        || too_big
+                        || full
+                        || !sampler.wants(frame.pts_ms)
+                    {
                         busy += t0.elapsed();
                         return;
                     }
-                    if let sampler::Decision::Keep(reason) = sampler.decide(frame.pts_ms, || frame.planes.thumbnail()) {
+                    if let sampler::Decision::Keep(reason) =
+                        sampler.decide(frame.pts_ms, || frame.planes.thumbnail())
+                    {
                         let image = frame::fit_within(frame.planes.to_rgb(), max_side);
                         r.sampled += 1;
                         busy += t0.elapsed();
-                        let slice = Slice { track: number, role, pts_ms: frame.pts_ms, width: w, height: h, keyframe, reason, image: Arc::new(image) };
+                        let slice = Slice {
+                            track: number,
+                            role,
+                            pts_ms: frame.pts_ms,
+                            width: w,
+                            height: h,
+                            keyframe,
+                            reason,
+                            image: Arc::new(image),
+                        };
                         if tx.send(SliceOutput::Slice(slice)).is_err() {
                             cancel.store(true, Ordering::Release);
                         }
@@ -539,7 +592,9 @@ impl Run {
                 .spawn(move || {
                     let t0 = Instant::now();
                     output.run(stall, |chunk| {
-                        if !cancel.load(Ordering::Relaxed) && tx.send(SliceOutput::Audio(chunk)).is_err() {
+                        if !cancel.load(Ordering::Relaxed)
+                            && tx.send(SliceOutput::Audio(chunk)).is_err()
+                        {
                             cancel.store(true, Ordering::Release);
                         }
                     })?;
@@ -550,24 +605,39 @@ impl Run {
         } else {
             (None, None)
         };
-        Ok(AudioRoute { decoder, puller, mic, codec: track.codec.clone(), failed: None })
+        Ok(AudioRoute {
+            decoder,
+            puller,
+            mic,
+            codec: track.codec.clone(),
+            failed: None,
+        })
     }
 
     fn route(&mut self, frame: crate::demux::Frame) {
-        let Some(report) = self.reports.iter_mut().find(|r| r.number == frame.track) else { return };
+        let Some(report) = self.reports.iter_mut().find(|r| r.number == frame.track) else {
+            return;
+        };
         let pts = frame.pts_ms();
         report.frames += 1;
         report.keyframes += u64::from(frame.keyframe);
         report.first_ms.get_or_insert(pts);
         report.last_ms = Some(report.last_ms.map_or(pts, |l| l.max(pts)));
-        let end = frame.pts_ns.saturating_add(frame.duration_ns.unwrap_or(0) as i64).div_euclid(1_000_000);
+        let end = frame
+            .pts_ns
+            .saturating_add(frame.duration_ns.unwrap_or(0) as i64)
+            .div_euclid(1_000_000);
         self.end_ms = self.end_ms.max(end);
         if let Some((_, route)) = self.videos.iter_mut().find(|(n, _)| *n == frame.track) {
             if route.failed.is_some() || (route.keyframes_only && !frame.keyframe) {
                 return;
             }
             if frame.keyframe {
-                route.keyframes.lock().unwrap_or_else(|p| p.into_inner()).insert(pts);
+                route
+                    .keyframes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(pts);
             }
             if let Err(e) = route.decoder.push(&frame) {
                 route.failed = Some(e.to_string());
@@ -621,7 +691,11 @@ impl Run {
         }
         for (number, v) in &mut self.videos {
             let result = v.puller.take().map(|p| p.join());
-            let report = self.reports.iter_mut().find(|r| r.number == *number).expect("report per route");
+            let report = self
+                .reports
+                .iter_mut()
+                .find(|r| r.number == *number)
+                .expect("report per route");
             match result {
                 Some(Ok(r)) => {
                     report.sizes_seen = r.sizes;
@@ -633,7 +707,8 @@ impl Run {
                 _ => report.error = Some("decoder thread panicked".into()),
             }
             if let Some(e) = &report.error {
-                self.partial.get_or_insert_with(|| format!("track {number}: {e}"));
+                self.partial
+                    .get_or_insert_with(|| format!("track {number}: {e}"));
             }
         }
         let mut extracted = None;
@@ -653,9 +728,14 @@ impl Run {
                 }
             }
             if let Some(e) = error {
-                let report = self.reports.iter_mut().find(|r| r.number == number).expect("report per route");
+                let report = self
+                    .reports
+                    .iter_mut()
+                    .find(|r| r.number == number)
+                    .expect("report per route");
                 report.error = Some(e.clone());
-                self.partial.get_or_insert_with(|| format!("track {number}: {e}"));
+                self.partial
+                    .get_or_insert_with(|| format!("track {number}: {e}"));
             }
         }
         Ok(extracted)

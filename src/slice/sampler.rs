@@ -14,8 +14,15 @@ pub enum KeepReason {
 }
 
 pub enum Sampler {
-    Interval { interval_ms: i64, next_due: Option<i64> },
-    Scene { cfg: DesktopSampling, next_check: Option<i64>, last_kept: Option<(i64, [u8; THUMB * THUMB])> },
+    Interval {
+        interval_ms: i64,
+        next_due: Option<i64>,
+    },
+    Scene {
+        cfg: DesktopSampling,
+        next_check: Option<i64>,
+        last_kept: Option<(i64, [u8; THUMB * THUMB])>,
+    },
 }
 
 /// What the sampler needs to see of a frame: its time, and (for scene change) a thumbnail on demand.
@@ -26,11 +33,18 @@ pub enum Decision {
 
 impl Sampler {
     pub fn camera(cfg: &CameraSampling) -> Self {
-        Sampler::Interval { interval_ms: cfg.interval_ms.max(1) as i64, next_due: None }
+        Sampler::Interval {
+            interval_ms: cfg.interval_ms.max(1) as i64,
+            next_due: None,
+        }
     }
 
     pub fn desktop(cfg: &DesktopSampling) -> Self {
-        Sampler::Scene { cfg: cfg.clone(), next_check: None, last_kept: None }
+        Sampler::Scene {
+            cfg: cfg.clone(),
+            next_check: None,
+            last_kept: None,
+        }
     }
 
     /// Whether the sampler wants to look at the frame at all (cheap; no pixels touched).
@@ -44,13 +58,24 @@ impl Sampler {
     /// Decides for a frame that [`Sampler::wants`]; `thumb` is computed only for scene sampling.
     pub fn decide(&mut self, pts_ms: i64, thumb: impl FnOnce() -> [u8; THUMB * THUMB]) -> Decision {
         match self {
-            Sampler::Interval { interval_ms, next_due } => {
-                let reason = if next_due.is_none() { KeepReason::FirstFrame } else { KeepReason::Interval };
+            Sampler::Interval {
+                interval_ms,
+                next_due,
+            } => {
+                let reason = if next_due.is_none() {
+                    KeepReason::FirstFrame
+                } else {
+                    KeepReason::Interval
+                };
                 // Slices fall on multiples of the interval in the recording's own timeline.
                 *next_due = Some((pts_ms.div_euclid(*interval_ms) + 1) * *interval_ms);
                 Decision::Keep(reason)
             }
-            Sampler::Scene { cfg, next_check, last_kept } => {
+            Sampler::Scene {
+                cfg,
+                next_check,
+                last_kept,
+            } => {
                 *next_check = Some(pts_ms + cfg.check_interval_ms as i64);
                 let t = thumb();
                 let reason = match last_kept {
@@ -58,7 +83,9 @@ impl Sampler {
                     Some((_, last)) if thumb_difference(last, &t) >= cfg.change_threshold => {
                         Some(KeepReason::SceneChange)
                     }
-                    Some((at, _)) if pts_ms - *at >= cfg.max_gap_ms as i64 => Some(KeepReason::MaxGap),
+                    Some((at, _)) if pts_ms - *at >= cfg.max_gap_ms as i64 => {
+                        Some(KeepReason::MaxGap)
+                    }
                     _ => None,
                 };
                 match reason {
@@ -91,15 +118,26 @@ mod tests {
 
     #[test]
     fn camera_keeps_one_frame_per_interval_on_a_variable_frame_rate() {
-        let mut s = Sampler::camera(&CameraSampling { interval_ms: 1000, ..Default::default() });
-        let frames: Vec<(i64, u8)> = [0, 40, 110, 990, 1003, 1500, 2001, 2999, 4100, 4200].iter().map(|&t| (t, 0)).collect();
+        let mut s = Sampler::camera(&CameraSampling {
+            interval_ms: 1000,
+            ..Default::default()
+        });
+        let frames: Vec<(i64, u8)> = [0, 40, 110, 990, 1003, 1500, 2001, 2999, 4100, 4200]
+            .iter()
+            .map(|&t| (t, 0))
+            .collect();
         let kept: Vec<i64> = run(&mut s, &frames).into_iter().map(|k| k.0).collect();
         assert_eq!(kept, vec![0, 1003, 2001, 4100]);
     }
 
     #[test]
     fn desktop_keeps_changes_and_max_gap() {
-        let cfg = DesktopSampling { check_interval_ms: 500, change_threshold: 6.0, max_gap_ms: 3000, ..Default::default() };
+        let cfg = DesktopSampling {
+            check_interval_ms: 500,
+            change_threshold: 6.0,
+            max_gap_ms: 3000,
+            ..Default::default()
+        };
         let mut s = Sampler::desktop(&cfg);
         let mut frames = Vec::new();
         for t in (0..10_000).step_by(100) {

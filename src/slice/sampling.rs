@@ -25,7 +25,11 @@ pub struct CameraSampling {
 
 impl Default for CameraSampling {
     fn default() -> Self {
-        Self { interval_ms: 1000, decode: DecodeMode::All, max_side: 640 }
+        Self {
+            interval_ms: 1000,
+            decode: DecodeMode::All,
+            max_side: 640,
+        }
     }
 }
 
@@ -44,7 +48,13 @@ pub struct DesktopSampling {
 
 impl Default for DesktopSampling {
     fn default() -> Self {
-        Self { check_interval_ms: 500, change_threshold: 6.0, max_gap_ms: 30_000, decode: DecodeMode::All, max_side: 1280 }
+        Self {
+            check_interval_ms: 500,
+            change_threshold: 6.0,
+            max_gap_ms: 30_000,
+            decode: DecodeMode::All,
+            max_side: 1280,
+        }
     }
 }
 

@@ -36,7 +36,11 @@ pub struct VideoOutput {
 }
 
 fn caps_for(track: &TrackInfo) -> Result<(gst::Caps, Vec<&'static str>, &'static str), SliceError> {
-    let (w, h) = track.video.as_ref().map(|v| (v.width as i32, v.height as i32)).unwrap_or((0, 0));
+    let (w, h) = track
+        .video
+        .as_ref()
+        .map(|v| (v.width as i32, v.height as i32))
+        .unwrap_or((0, 0));
     let with_size = |b: gst::caps::Builder<gst::caps::NoFeature>| {
         if w > 0 && h > 0 {
             b.field("width", w).field("height", h)
@@ -46,8 +50,16 @@ fn caps_for(track: &TrackInfo) -> Result<(gst::Caps, Vec<&'static str>, &'static
     };
     let codec_data = || gst::Buffer::from_slice(track.codec_private.clone());
     Ok(match &track.codec {
-        Codec::Vp8 => (with_size(gst::Caps::builder("video/x-vp8")).build(), vec!["vp8dec"], "gstreamer1.0-plugins-good"),
-        Codec::Vp9 => (with_size(gst::Caps::builder("video/x-vp9")).build(), vec!["vp9dec"], "gstreamer1.0-plugins-good"),
+        Codec::Vp8 => (
+            with_size(gst::Caps::builder("video/x-vp8")).build(),
+            vec!["vp8dec"],
+            "gstreamer1.0-plugins-good",
+        ),
+        Codec::Vp9 => (
+            with_size(gst::Caps::builder("video/x-vp9")).build(),
+            vec!["vp9dec"],
+            "gstreamer1.0-plugins-good",
+        ),
         Codec::Av1 => {
             let mut b = with_size(gst::Caps::builder("video/x-av1"))
                 .field("stream-format", "obu-stream")
@@ -55,7 +67,11 @@ fn caps_for(track: &TrackInfo) -> Result<(gst::Caps, Vec<&'static str>, &'static
             if !track.codec_private.is_empty() {
                 b = b.field("codec_data", codec_data());
             }
-            (b.build(), vec!["dav1ddec", "av1dec"], "gstreamer1.0-plugins-bad")
+            (
+                b.build(),
+                vec!["dav1ddec", "av1dec"],
+                "gstreamer1.0-plugins-bad",
+            )
         }
         Codec::H264 => (
             with_size(gst::Caps::builder("video/x-h264"))
@@ -91,20 +107,41 @@ impl VideoDecoder {
         }
         let convert = make_element(&["videoconvert"], "gstreamer1.0-plugins-base")?;
         let sink = gst_app::AppSink::builder()
-            .caps(&gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::I420).build())
+            .caps(
+                &gst_video::VideoCapsBuilder::new()
+                    .format(gst_video::VideoFormat::I420)
+                    .build(),
+            )
             .max_buffers(4)
             .drop(false)
             .sync(false)
             .build();
-        let elements = [src.upcast_ref::<gst::Element>(), &decoder, &convert, sink.upcast_ref()];
-        pipeline.0.add_many(elements).map_err(|e| SliceError::Gstreamer(e.to_string()))?;
+        let elements = [
+            src.upcast_ref::<gst::Element>(),
+            &decoder,
+            &convert,
+            sink.upcast_ref(),
+        ];
+        pipeline
+            .0
+            .add_many(elements)
+            .map_err(|e| SliceError::Gstreamer(e.to_string()))?;
         gst::Element::link_many(elements).map_err(|e| SliceError::Gstreamer(e.to_string()))?;
         pipeline.play()?;
         let pipeline = Arc::new(pipeline);
         let ended = Arc::new(AtomicBool::new(false));
         Ok((
-            Self { pipeline: pipeline.clone(), src: src.clone(), ended: ended.clone() },
-            VideoOutput { pipeline, src, sink, ended },
+            Self {
+                pipeline: pipeline.clone(),
+                src: src.clone(),
+                ended: ended.clone(),
+            },
+            VideoOutput {
+                pipeline,
+                src,
+                sink,
+                ended,
+            },
         ))
     }
 
@@ -122,10 +159,13 @@ impl VideoDecoder {
                 b.set_flags(gst::BufferFlags::DELTA_UNIT);
             }
         }
-        self.src.push_buffer(buffer).map(|_| ()).map_err(|flow| match self.pipeline.poll_bus() {
-            BusState::Error(e) => SliceError::Decode(e),
-            _ => SliceError::Decode(format!("decoder stopped ({flow:?})")),
-        })
+        self.src
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|flow| match self.pipeline.poll_bus() {
+                BusState::Error(e) => SliceError::Decode(e),
+                _ => SliceError::Decode(format!("decoder stopped ({flow:?})")),
+            })
     }
 
     pub fn end(&self) {
@@ -149,7 +189,11 @@ impl VideoOutput {
     /// Pulls decoded frames until end of stream, calling `on_frame` for each. A decoder error or
     /// a decoder that stops making progress for `stall_timeout` ends the loop with an error and
     /// stops the pipeline (which releases a blocked feeder).
-    pub fn run(self, stall_timeout: Duration, mut on_frame: impl FnMut(Decoded<'_>)) -> Result<(), SliceError> {
+    pub fn run(
+        self,
+        stall_timeout: Duration,
+        mut on_frame: impl FnMut(Decoded<'_>),
+    ) -> Result<(), SliceError> {
         let result = self.pull_loop(stall_timeout, &mut on_frame);
         if result.is_err() {
             self.pipeline.stop();
@@ -157,25 +201,44 @@ impl VideoOutput {
         result
     }
 
-    fn pull_loop(&self, stall_timeout: Duration, on_frame: &mut impl FnMut(Decoded<'_>)) -> Result<(), SliceError> {
+    fn pull_loop(
+        &self,
+        stall_timeout: Duration,
+        on_frame: &mut impl FnMut(Decoded<'_>),
+    ) -> Result<(), SliceError> {
         let mut last_progress = Instant::now();
         let mut last_level = 0u64;
         loop {
-            if let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            if let Some(sample) = self
+                .sink
+                .try_pull_sample(gst::ClockTime::from_mseconds(100))
+            {
                 last_progress = Instant::now();
-                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else { continue };
-                let info = gst_video::VideoInfo::from_caps(caps)
-                    .map_err(|e| SliceError::Decode(format!("decoder produced unusable caps: {e}")))?;
+                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
+                    continue;
+                };
+                let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| {
+                    SliceError::Decode(format!("decoder produced unusable caps: {e}"))
+                })?;
                 let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
                     .map_err(|_| SliceError::Decode("cannot map decoded frame".into()))?;
-                let pts_ms = buffer.pts().map(|t| (t.nseconds() / 1_000_000) as i64).unwrap_or(0);
+                let pts_ms = buffer
+                    .pts()
+                    .map(|t| (t.nseconds() / 1_000_000) as i64)
+                    .unwrap_or(0);
                 let strides = frame.plane_stride();
                 let planes = I420 {
                     width: frame.width(),
                     height: frame.height(),
-                    y: frame.plane_data(0).map_err(|e| SliceError::Decode(e.to_string()))?,
-                    u: frame.plane_data(1).map_err(|e| SliceError::Decode(e.to_string()))?,
-                    v: frame.plane_data(2).map_err(|e| SliceError::Decode(e.to_string()))?,
+                    y: frame
+                        .plane_data(0)
+                        .map_err(|e| SliceError::Decode(e.to_string()))?,
+                    u: frame
+                        .plane_data(1)
+                        .map_err(|e| SliceError::Decode(e.to_string()))?,
+                    v: frame
+                        .plane_data(2)
+                        .map_err(|e| SliceError::Decode(e.to_string()))?,
                     y_stride: strides[0] as usize,
                     uv_stride: strides[1] as usize,
                 };
@@ -200,7 +263,10 @@ impl VideoOutput {
             }
             let waiting = level > 0 || self.ended.load(Ordering::Acquire);
             if waiting && last_progress.elapsed() > stall_timeout {
-                return Err(SliceError::Decode(format!("decoder made no progress for {}s", stall_timeout.as_secs())));
+                return Err(SliceError::Decode(format!(
+                    "decoder made no progress for {}s",
+                    stall_timeout.as_secs()
+                )));
             }
         }
     }

@@ -90,7 +90,9 @@ pub enum StoreError {
     },
     #[error("no store path: set CLASSGUARD_STORE, XDG_DATA_HOME or HOME")]
     NoPath,
-    #[error("store schema version {found} is newer than this build knows ({known}); upgrade classguard")]
+    #[error(
+        "store schema version {found} is newer than this build knows ({known}); upgrade classguard"
+    )]
     TooNew { found: i64, known: i64 },
     #[error("sqlite: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -127,7 +129,10 @@ impl FindingStatus {
             "open" => Ok(FindingStatus::Open),
             "confirmed" => Ok(FindingStatus::Confirmed),
             "dismissed" => Ok(FindingStatus::Dismissed),
-            other => Err(StoreError::Corrupt { what: "finding status", detail: other.to_string() }),
+            other => Err(StoreError::Corrupt {
+                what: "finding status",
+                detail: other.to_string(),
+            }),
         }
     }
 }
@@ -172,11 +177,17 @@ impl Store {
     /// `$CLASSGUARD_STORE`, else `$XDG_DATA_HOME/classguard/classguard.sqlite`, else
     /// `$HOME/.local/share/classguard/classguard.sqlite`.
     pub fn default_path() -> Result<PathBuf, StoreError> {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         if let Some(p) = var("CLASSGUARD_STORE") {
             return Ok(p);
         }
-        let data = var("XDG_DATA_HOME").or_else(|| var("HOME").map(|h| h.join(".local/share"))).ok_or(StoreError::NoPath)?;
+        let data = var("XDG_DATA_HOME")
+            .or_else(|| var("HOME").map(|h| h.join(".local/share")))
+            .ok_or(StoreError::NoPath)?;
         Ok(data.join("classguard").join("classguard.sqlite"))
     }
 
@@ -187,21 +198,32 @@ impl Store {
     /// Opens (creating the file and its directory if needed) and migrates the schema.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
-        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // Switching to WAL needs a moment of exclusive access; the busy handler covers a concurrent opener.
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "store is not in WAL mode");
         }
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        let mut store = Store { conn, path: path.to_path_buf() };
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -212,13 +234,17 @@ impl Store {
 
     /// Schema version this store is at.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
         // Re-read inside the write transaction: another process may have migrated meanwhile.
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if found > known {
             return Err(StoreError::TooNew { found, known });
@@ -232,7 +258,12 @@ impl Store {
     }
 
     /// Stores one face embedding for a teacher (creating the teacher); returns the template id.
-    pub fn enroll_template(&mut self, teacher_id: &str, model_id: &str, embedding: &[f32]) -> Result<i64, StoreError> {
+    pub fn enroll_template(
+        &mut self,
+        teacher_id: &str,
+        model_id: &str,
+        embedding: &[f32],
+    ) -> Result<i64, StoreError> {
         if embedding.is_empty() {
             return Err(StoreError::InvalidEmbedding("empty"));
         }
@@ -241,8 +272,13 @@ impl Store {
         }
         let blob: Vec<u8> = embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
         let t = now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("INSERT INTO teachers (id, created_at) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING", params![teacher_id, t])?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO teachers (id, created_at) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
+            params![teacher_id, t],
+        )?;
         tx.execute(
             "INSERT INTO face_templates (teacher_id, model_id, embedding, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![teacher_id, model_id, blob, t],
@@ -254,7 +290,11 @@ impl Store {
 
     /// A teacher's templates for one embedding model, oldest first. Templates of another model are
     /// useless for comparison (different embedding space), hence the filter.
-    pub fn templates_for(&self, teacher_id: &str, model_id: &str) -> Result<Vec<Vec<f32>>, StoreError> {
+    pub fn templates_for(
+        &self,
+        teacher_id: &str,
+        model_id: &str,
+    ) -> Result<Vec<Vec<f32>>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT embedding FROM face_templates WHERE teacher_id = ?1 AND model_id = ?2 ORDER BY id")?;
@@ -262,9 +302,15 @@ impl Store {
         rows.map(|blob| {
             let blob = blob?;
             if blob.len() % 4 != 0 {
-                return Err(StoreError::Corrupt { what: "face template", detail: format!("{} bytes", blob.len()) });
+                return Err(StoreError::Corrupt {
+                    what: "face template",
+                    detail: format!("{} bytes", blob.len()),
+                });
             }
-            Ok(blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            Ok(blob
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
         })
         .collect()
     }
@@ -276,7 +322,9 @@ impl Store {
         let key = verdict.idempotency_key();
         let json = serde_json::to_string(verdict)?;
         let t = now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
             "INSERT INTO verdicts (idempotency_key, recording_id, sha256, decision, verdict_json, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(idempotency_key) DO NOTHING",
@@ -315,13 +363,21 @@ impl Store {
     pub fn get_verdict_by_key(&self, key: &str) -> Result<Option<Verdict>, StoreError> {
         let json: Option<String> = self
             .conn
-            .query_row("SELECT verdict_json FROM verdicts WHERE idempotency_key = ?1", [key], |r| r.get(0))
+            .query_row(
+                "SELECT verdict_json FROM verdicts WHERE idempotency_key = ?1",
+                [key],
+                |r| r.get(0),
+            )
             .optional()?;
-        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from)).transpose()
+        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
+            .transpose()
     }
 
     /// Findings for the review page, `None` for all, in recording then time order.
-    pub fn list_findings(&self, status: Option<FindingStatus>) -> Result<Vec<FindingRow>, StoreError> {
+    pub fn list_findings(
+        &self,
+        status: Option<FindingStatus>,
+    ) -> Result<Vec<FindingRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, recording_id, label, severity, track, start_ms, end_ms, rule_id, reason, status,
                     reviewer_note, evidence_path
@@ -355,7 +411,12 @@ impl Store {
     }
 
     /// Records a reviewer's judgement; `note` replaces the previous note (None keeps it).
-    pub fn set_finding_status(&mut self, id: i64, status: FindingStatus, note: Option<&str>) -> Result<(), StoreError> {
+    pub fn set_finding_status(
+        &mut self,
+        id: i64,
+        status: FindingStatus,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
         let n = self.conn.execute(
             "UPDATE findings SET status = ?2, reviewer_note = COALESCE(?3, reviewer_note), updated_at = ?4 WHERE id = ?1",
             params![id, status.as_str(), note, now()],
@@ -388,7 +449,10 @@ impl Store {
     /// retried from the returned list). Findings keep their text but lose the evidence link.
     pub fn erase_teacher(&mut self, teacher_id: &str) -> Result<Vec<PathBuf>, StoreError> {
         self.remove_evidence("teacher_id = ?1", params![teacher_id], |tx| {
-            tx.execute("DELETE FROM face_templates WHERE teacher_id = ?1", [teacher_id])?;
+            tx.execute(
+                "DELETE FROM face_templates WHERE teacher_id = ?1",
+                [teacher_id],
+            )?;
             tx.execute("DELETE FROM teachers WHERE id = ?1", [teacher_id])?;
             Ok(())
         })
@@ -405,14 +469,20 @@ impl Store {
         args: &[&dyn rusqlite::ToSql],
         also: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError>,
     ) -> Result<Vec<PathBuf>, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let paths: Vec<String> = {
-            let mut stmt = tx.prepare(&format!("SELECT path FROM evidence WHERE {filter} ORDER BY path"))?;
+            let mut stmt = tx.prepare(&format!(
+                "SELECT path FROM evidence WHERE {filter} ORDER BY path"
+            ))?;
             let rows = stmt.query_map(args, |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
         {
-            let mut unlink = tx.prepare_cached("UPDATE findings SET evidence_path = NULL WHERE evidence_path = ?1")?;
+            let mut unlink = tx.prepare_cached(
+                "UPDATE findings SET evidence_path = NULL WHERE evidence_path = ?1",
+            )?;
             let mut delete = tx.prepare_cached("DELETE FROM evidence WHERE path = ?1")?;
             for p in &paths {
                 unlink.execute([p])?;
