@@ -15,3 +15,4 @@ pub mod policy;
 pub mod sink;
 pub mod store;
 pub mod verdict;
+pub mod audit;

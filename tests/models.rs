@@ -170,12 +170,12 @@ fn speak(sentence: &str, name: &str) -> Vec<f32> {
 
 const SENTENCES: [&str; 8] = [
     "Good morning everyone and welcome back to our science class",
-    "Today we will learn how green plants turn sunlight into energy",
+    "Today we will learn why the sky looks blue on a sunny day",
     "Please remember to hand in your homework before Friday",
     "The capital of France is Paris",
     "Raise your hand if you have a question about the lesson",
     "We will have a short quiz at the end of the week",
-    "Water boils when it is heated enough",
+    "Open your notebook and write down the date",
     "Thank you for listening and see you next time",
 ];
 
@@ -949,4 +949,17 @@ fn inspect_audio_on_a_wav_file() {
             v["transcript"]["text"].as_str().unwrap()
         ) <= 0.2
     );
+}
+
+#[test]
+#[ignore]
+fn debug_vad_probs() {
+    let (signal, truth) = speech_track();
+    let p = vad().probabilities(signal).unwrap();
+    for &(ts, te) in truth.iter().take(4) {
+        let a = (ts as usize * 16 / 512).saturating_sub(3);
+        let b = te as usize * 16 / 512 + 5;
+        eprintln!("truth {ts}..{te}: start chunks {:?}", (a..a + 6).map(|i| (i * 32, (p[i] * 100.0).round() as i32)).collect::<Vec<_>>());
+        eprintln!("   end chunks {:?}", (b - 9..b).map(|i| (i * 32, (p[i] * 100.0).round() as i32)).collect::<Vec<_>>());
+    }
 }

@@ -3,8 +3,9 @@
 //! The network sees 512-sample chunks (32 ms at 16 kHz) prefixed by the last 64 samples of
 //! the previous chunk, and carries a recurrent state `[2, 1, 128]` between calls. Per-chunk
 //! speech probabilities are turned into segments with hysteresis (enter at `threshold`,
-//! leave below `threshold - 0.15`), a minimum silence before a segment closes, a minimum
-//! speech duration and a small padding — the rules of the reference `get_speech_timestamps`.
+//! leave below `threshold - 0.15`), a minimum silence before a segment closes and a minimum
+//! speech duration — the rules of the reference `get_speech_timestamps` — plus a one-chunk
+//! correction of the model's decay lag at segment ends (see [`VadOptions::end_lag_ms`]).
 
 use std::path::Path;
 
@@ -35,8 +36,14 @@ pub struct VadOptions {
     pub min_speech_ms: u32,
     /// Silence must last this long before a segment closes (bridges short pauses).
     pub min_silence_ms: u32,
-    /// Added before and after each segment (the probabilities lag the audio slightly).
+    /// Added before and after each segment (0 by default: the bounds below are already
+    /// calibrated; raise it when clipping a syllable costs more than including silence).
     pub speech_pad_ms: u32,
+    /// Subtracted from a segment end closed by silence. The model's probability decays over
+    /// about two chunks after speech stops (measured: the first chunk below the exit
+    /// threshold starts 60-90 ms after the true end), while it rises within the first chunk
+    /// of speech; one chunk of compensation centres the end error.
+    pub end_lag_ms: u32,
 }
 
 impl Default for VadOptions {
@@ -46,7 +53,8 @@ impl Default for VadOptions {
             neg_threshold: None,
             min_speech_ms: 250,
             min_silence_ms: 100,
-            speech_pad_ms: 30,
+            speech_pad_ms: 0,
+            end_lag_ms: 32,
         }
     }
 }
@@ -279,6 +287,7 @@ pub(crate) struct Segmenter {
     min_speech: u64,
     min_silence: u64,
     pad: u64,
+    end_lag: u64,
     triggered: bool,
     start: u64,
     temp_end: Option<u64>,
@@ -294,6 +303,7 @@ impl Segmenter {
             min_speech: ms(o.min_speech_ms),
             min_silence: ms(o.min_silence_ms),
             pad: ms(o.speech_pad_ms),
+            end_lag: ms(o.end_lag_ms),
             triggered: false,
             start: 0,
             temp_end: None,
@@ -333,7 +343,8 @@ impl Segmenter {
         if self.triggered && prob < self.neg_threshold {
             let te = *self.temp_end.get_or_insert(pos);
             if pos + CHUNK as u64 - te >= self.min_silence {
-                return self.close(te, None);
+                let end = te.saturating_sub(self.end_lag).max(self.start);
+                return self.close(end, None);
             }
         }
         None
@@ -341,7 +352,10 @@ impl Segmenter {
 
     pub(crate) fn finish(&mut self, total: u64) -> Option<SpeechSegment> {
         if self.triggered {
-            let end = self.temp_end.unwrap_or(total);
+            let end = match self.temp_end {
+                Some(te) => te.saturating_sub(self.end_lag).max(self.start),
+                None => total,
+            };
             return self.close(end, Some(total));
         }
         None

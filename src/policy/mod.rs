@@ -340,7 +340,7 @@ impl EvidencePolicy {
 pub struct Limits {
     pub max_file_bytes: u64,
     pub max_duration_s: u64,
-    pub max_tracks: u32,
+    pub max_tracks: usize,
     pub max_frame_width: u32,
     pub max_frame_height: u32,
     pub max_fps: f32,
@@ -522,7 +522,7 @@ impl Policy {
         let l = &self.limits;
         v.positive_u("limits.max_file_bytes", l.max_file_bytes);
         v.positive_u("limits.max_duration_s", l.max_duration_s);
-        v.positive_u("limits.max_tracks", u64::from(l.max_tracks));
+        v.positive_u("limits.max_tracks", l.max_tracks as u64);
         v.positive_u("limits.max_frame_width", u64::from(l.max_frame_width));
         v.positive_u("limits.max_frame_height", u64::from(l.max_frame_height));
         v.range("limits.max_fps", l.max_fps, 0.0, 1000.0);

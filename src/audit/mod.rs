@@ -1,0 +1,498 @@
+//! Audit: slices and microphone audio in, findings and a verdict out.
+//!
+//! ```text
+//!  slice::start ──SliceOutput──▶ dispatcher ──Job──▶ worker × N (face, identity, nudity, OCR)
+//!                      │            ▲  (frame-diff gate,       │
+//!                      │            │   OCR gate, in order)     │ Done (any order)
+//!                      │            └──── reorder by sequence ◀─┘──▶ VisualFindings (spans)
+//!                      └──AudioChunk──▶ speech thread (VAD → Whisper on speech → text policy)
+//! ```
+//! The dispatcher admits at most `max_in_flight` slices, so a slow model applies back-pressure
+//! through the slicer all the way to the reader.
+
+pub mod evidence;
+pub mod findings;
+pub mod observe;
+pub mod speech;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, select, unbounded};
+use image::RgbImage;
+
+use crate::ingest::Recording;
+use crate::models::embed::FaceEmbedder;
+use crate::models::face::{FaceDetector, FaceDetectorKind};
+use crate::models::nsfw::{NsfwClassifier, NudeNetDetector};
+use crate::models::ocr::Ocr;
+use crate::models::vad::Vad;
+use crate::models::whisper::Whisper;
+use crate::models::{ModelHome, ModelOptions};
+use crate::policy::{self, Policy};
+use crate::slice::{self, KeepReason, Role, SliceOptions, SliceOutput, SliceReport};
+use crate::verdict::{self, Decision, Finding, ModelRef, ModelUse, PolicyRef, RecordingInfo, StageStats, Stats, Verdict};
+use evidence::EvidenceSink;
+use findings::{FindingContext, VisualFindings};
+use observe::{CallCounter, CameraObservation, Observation};
+
+/// Version of the verdict document (docs/verdict.schema.json).
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("loading model: {0}")]
+    Model(#[from] crate::models::ModelError),
+    #[error("{0}")]
+    Slice(#[from] slice::SliceError),
+    #[error("{0}")]
+    Ingest(#[from] crate::ingest::IngestError),
+}
+
+pub enum NudityModel {
+    OpenNsfw(NsfwClassifier),
+    NudeNet(NudeNetDetector),
+}
+
+/// Every model a policy needs, loaded once and shared by all recordings and workers.
+pub struct AuditModels {
+    pub face_detector: FaceDetector,
+    pub face_embedder: FaceEmbedder,
+    pub nudity: NudityModel,
+    pub ocr: Option<Ocr>,
+    pub vad: Option<Vad>,
+    pub whisper: Option<Whisper>,
+}
+
+impl AuditModels {
+    /// Loads the policy's models with one session per worker.
+    pub fn load(policy: &Policy, home: &ModelHome, workers: usize) -> Result<Self, AuditError> {
+        let opts = ModelOptions { intra_threads: policy.models.threads.max(1), pool_size: workers.max(1), ..Default::default() };
+        let kind = match policy.models.face_detector {
+            policy::FaceDetector::Yunet => FaceDetectorKind::YuNet,
+            policy::FaceDetector::Ultraface => FaceDetectorKind::UltraFace,
+        };
+        let nudity = match policy.models.nudity {
+            policy::NudityModel::OpenNsfw => NudityModel::OpenNsfw(NsfwClassifier::load(&home.open_nsfw(), &opts)?),
+            policy::NudityModel::Nudenet => NudityModel::NudeNet(NudeNetDetector::load(&home.nudenet(), &opts)?),
+        };
+        let single = ModelOptions { pool_size: 1, ..opts.clone() };
+        let whisper = match policy.models.whisper {
+            policy::WhisperModel::Off => None,
+            policy::WhisperModel::TinyEn => Some(Whisper::load(home, &single)?),
+            policy::WhisperModel::Base => Some(Whisper::load_files(
+                &home.model("whisper-base-encoder.onnx"),
+                &home.model("whisper-base-decoder.onnx"),
+                &home.model("whisper-base-tokenizer.json"),
+                &home.model("whisper-base-config.json"),
+                &single,
+            )?),
+        };
+        Ok(Self {
+            face_detector: FaceDetector::load(kind, home, &opts)?,
+            face_embedder: FaceEmbedder::load(&home.sface(), &opts)?,
+            nudity,
+            ocr: Some(Ocr::load(home, &opts)?),
+            vad: Some(Vad::load(&home.silero_vad(), &single)?),
+            whisper,
+        })
+    }
+
+    fn nudity_ref(&self) -> ModelRef {
+        match &self.nudity {
+            NudityModel::OpenNsfw(m) => ModelRef { id: m.id().into(), sha256: m.sha256().into() },
+            NudityModel::NudeNet(m) => ModelRef { id: m.id().into(), sha256: m.sha256().into() },
+        }
+    }
+
+    /// Every model that can take part, by role: what the verdict cites.
+    pub fn uses(&self) -> Vec<ModelUse> {
+        let mut v = vec![
+            ModelUse { role: "face_detector".into(), id: self.face_detector.id().into(), sha256: self.face_detector.sha256().into() },
+            ModelUse { role: "face_embedder".into(), id: self.face_embedder.id().into(), sha256: self.face_embedder.sha256().into() },
+        ];
+        let n = self.nudity_ref();
+        v.push(ModelUse { role: "nudity".into(), id: n.id, sha256: n.sha256 });
+        if let Some(o) = &self.ocr {
+            v.push(ModelUse { role: "ocr".into(), id: o.id().into(), sha256: o.sha256() });
+        }
+        if let Some(m) = &self.vad {
+            v.push(ModelUse { role: "vad".into(), id: m.id().into(), sha256: m.sha256().into() });
+        }
+        if let Some(m) = &self.whisper {
+            v.push(ModelUse { role: "asr".into(), id: m.id().into(), sha256: m.sha256().into() });
+        }
+        v
+    }
+}
+
+/// One recording to audit and where its outputs go.
+pub struct AuditRequest<'a> {
+    pub recording: &'a Recording,
+    /// The recording's output folder (verdict, evidence, extracted microphone).
+    pub out_dir: PathBuf,
+    /// Enrolled face templates of the teacher (empty: identity is not checked).
+    pub templates: Vec<Vec<f32>>,
+    pub role: Option<Role>,
+    /// Model workers for this recording (slices analysed concurrently).
+    pub workers: usize,
+}
+
+/// A finished audit: the verdict plus what the caller registers (evidence retention).
+pub struct AuditOutcome {
+    pub verdict: Verdict,
+    pub evidence: Vec<String>,
+    pub slice_report: Option<SliceReport>,
+}
+
+enum JobKind {
+    Camera,
+    Desktop { ocr: bool },
+}
+
+struct Job {
+    seq: u64,
+    kind: JobKind,
+    image: Arc<RgbImage>,
+}
+
+struct Done {
+    seq: u64,
+    obs: Result<Observation, String>,
+    busy_ms: u64,
+}
+
+/// A slice waiting for (or holding) its observation, in recording order.
+struct Pending {
+    pts: u64,
+    role: Role,
+    image: Arc<RgbImage>,
+    /// `None` until the worker is done; `Reuse` slices never go to a worker.
+    state: PendingState,
+}
+
+enum PendingState {
+    Waiting,
+    Reuse,
+    Ready(Result<Observation, String>),
+}
+
+/// Audits one recording. Never panics on bad input: a recording that cannot be read at all gives
+/// `Err`, which the caller turns into an error verdict.
+pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> Result<AuditOutcome, AuditError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&req.out_dir).map_err(|e| slice::SliceError::Io(format!("{}: {e}", req.out_dir.display())))?;
+    let opts = SliceOptions {
+        sampling: policy.sampling.clone(),
+        role: req.role,
+        limits: slice_limits(policy),
+        demux_limits: crate::demux::DemuxLimits { max_tracks: policy.limits.max_tracks.max(1) as usize, ..Default::default() },
+        mic_path: Some(req.out_dir.join("mic.webm")),
+        decode_audio: models.vad.is_some(),
+        ..SliceOptions::default()
+    };
+    let reader = req.recording.open()?;
+    let (slice_rx, slicer) = slice::start(reader, &req.recording.file_name(), opts);
+
+    let calls = Arc::new(CallCounter::default());
+    let mut ev_visual = EvidenceSink::new(&req.out_dir);
+    let mut ev_speech = EvidenceSink::new(&req.out_dir);
+    let ctx = FindingContext {
+        policy,
+        face_model: ModelRef { id: models.face_detector.id().into(), sha256: models.face_detector.sha256().into() },
+        embed_model: ModelRef { id: models.face_embedder.id().into(), sha256: models.face_embedder.sha256().into() },
+        nudity_model: models.nudity_ref(),
+        ocr_model: models.ocr.as_ref().map(|o| ModelRef { id: o.id().into(), sha256: o.sha256() }).unwrap_or(ModelRef {
+            id: "none".into(),
+            sha256: String::new(),
+        }),
+        camera_interval_ms: policy.sampling.camera.interval_ms,
+    };
+    let mut visual = VisualFindings::new(&ctx);
+    let workers = req.workers.max(1);
+    let max_in_flight = workers * 2;
+    let gate = &policy.gates.frame_diff;
+    let mut gate_savings: BTreeMap<String, u64> = BTreeMap::new();
+    let mut slice_errors: Vec<String> = Vec::new();
+    let mut stage_ms: HashMap<&'static str, (u64, u64)> = HashMap::new();
+
+    let (speech_result, slice_result) = std::thread::scope(|scope| {
+        let (audio_tx, audio_rx) = bounded::<slice::AudioChunk>(32);
+        let speech = scope.spawn(|| speech::run(models, policy, audio_rx, &mut ev_speech));
+        let (job_tx, job_rx) = bounded::<Job>(max_in_flight);
+        let (done_tx, done_rx) = unbounded::<Done>();
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            let calls = calls.clone();
+            let templates = &req.templates;
+            scope.spawn(move || {
+                for job in job_rx {
+                    let t0 = Instant::now();
+                    let obs = match job.kind {
+                        JobKind::Camera => {
+                            observe::observe_camera(models, policy, templates, &job.image, &calls).map(Observation::Camera)
+                        }
+                        JobKind::Desktop { ocr } => {
+                            observe::observe_desktop(models, &job.image, ocr, &calls).map(Observation::Desktop)
+                        }
+                    };
+                    let busy_ms = t0.elapsed().as_millis() as u64;
+                    if done_tx.send(Done { seq: job.seq, obs, busy_ms }).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(job_rx);
+        drop(done_tx);
+
+        let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+        let mut next_seq = 0u64;
+        let mut emit_seq = 0u64;
+        let mut in_flight = 0usize;
+        let mut last_camera: Option<(u64, [u8; 256], CameraObservation)> = None;
+        let mut last_gate_thumb: Option<(u64, [u8; 256])> = None;
+        let mut slices_open = true;
+        let mut audio_tx = Some(audio_tx);
+        let mut emit = |pending: &mut BTreeMap<u64, Pending>,
+                        emit_seq: &mut u64,
+                        last_camera: &mut Option<(u64, [u8; 256], CameraObservation)>,
+                        visual: &mut VisualFindings,
+                        slice_errors: &mut Vec<String>| {
+            while let Some(p) = pending.get(emit_seq) {
+                if matches!(p.state, PendingState::Waiting) {
+                    break;
+                }
+                let p = pending.remove(emit_seq).expect("present");
+                *emit_seq += 1;
+                match p.state {
+                    PendingState::Ready(Ok(Observation::Camera(obs))) => {
+                        visual.camera(&ctx, p.pts, &obs, &p.image, &mut ev_visual);
+                        *last_camera = Some((p.pts, [0; 256], obs));
+                    }
+                    PendingState::Reuse => {
+                        if let Some((_, _, obs)) = last_camera.as_ref() {
+                            let obs = obs.clone();
+                            visual.camera(&ctx, p.pts, &obs, &p.image, &mut ev_visual);
+                        }
+                    }
+                    PendingState::Ready(Ok(Observation::Desktop(obs))) => visual.desktop(&ctx, p.pts, &obs, &p.image, &mut ev_visual),
+                    PendingState::Ready(Err(e)) => slice_errors.push(format!("{} slice at {} ms: {e}", p.role.as_str(), p.pts)),
+                    PendingState::Waiting => unreachable!("checked above"),
+                }
+            }
+        };
+        loop {
+            let admit = slices_open && in_flight < max_in_flight;
+            if !admit && in_flight == 0 {
+                break;
+            }
+            let mut handle_done = |d: Done, pending: &mut BTreeMap<u64, Pending>| {
+                if let Some(p) = pending.get_mut(&d.seq) {
+                    let key = if p.role == Role::Desktop { "desktop_models" } else { "camera_models" };
+                    let e = stage_ms.entry(key).or_default();
+                    e.0 += d.busy_ms;
+                    e.1 += 1;
+                    p.state = PendingState::Ready(d.obs);
+                }
+            };
+            if admit {
+                select! {
+                    recv(slice_rx) -> msg => match msg {
+                        Ok(SliceOutput::Slice(s)) => {
+                            let pts = s.pts_ms.max(0) as u64;
+                            let seq = next_seq;
+                            next_seq += 1;
+                            let kind = if s.role == Role::Desktop {
+                                let ocr = !(policy.gates.ocr_new_slides_only && s.reason == KeepReason::MaxGap);
+                                if !ocr {
+                                    *gate_savings.entry("ocr_new_slides_only".into()).or_default() += 1;
+                                }
+                                JobKind::Desktop { ocr }
+                            } else {
+                                JobKind::Camera
+                            };
+                            let mut reuse = false;
+                            if matches!(kind, JobKind::Camera) && gate.enabled {
+                                let thumb = observe::rgb_thumbnail(&s.image);
+                                match last_gate_thumb {
+                                    Some((at, t)) if pts.saturating_sub(at) < gate.max_gap_ms
+                                        && crate::slice::frame::thumb_difference(&t, &thumb) < gate.threshold => {
+                                        reuse = true;
+                                        *gate_savings.entry("frame_diff".into()).or_default() += 1;
+                                    }
+                                    _ => last_gate_thumb = Some((pts, thumb)),
+                                }
+                            }
+                            let image = s.image.clone();
+                            pending.insert(seq, Pending { pts, role: s.role, image: s.image, state: if reuse { PendingState::Reuse } else { PendingState::Waiting } });
+                            if !reuse {
+                                in_flight += 1;
+                                let _ = job_tx.send(Job { seq, kind, image });
+                            }
+                        }
+                        Ok(SliceOutput::Audio(chunk)) => {
+                            if let Some(tx) = &audio_tx {
+                                if tx.send(chunk).is_err() {
+                                    audio_tx = None;
+                                }
+                            }
+                        }
+                        Ok(SliceOutput::Header(_)) => {}
+                        Err(_) => {
+                            slices_open = false;
+                            audio_tx = None;
+                        }
+                    },
+                    recv(done_rx) -> msg => if let Ok(d) = msg {
+                        in_flight -= 1;
+                        handle_done(d, &mut pending);
+                    },
+                }
+            } else if let Ok(d) = done_rx.recv() {
+                in_flight -= 1;
+                handle_done(d, &mut pending);
+            } else {
+                break;
+            }
+            emit(&mut pending, &mut emit_seq, &mut last_camera, &mut visual, &mut slice_errors);
+        }
+        drop(job_tx);
+        drop(audio_tx);
+        let slice_result = slicer.join().unwrap_or_else(|_| Err(slice::SliceError::Decode("slicing thread panicked".into())));
+        let speech = speech.join().unwrap_or_default();
+        (speech, slice_result)
+    });
+
+    let report = slice_result?;
+    let end_ms = report.duration_ms.max(0) as u64;
+    let mut errors = visual.finish(end_ms, &mut ev_visual);
+    errors.extend(speech_result.errors.iter().cloned());
+    let mut found: Vec<Finding> = std::mem::take(&mut visual.findings);
+    found.extend(speech_result.findings.iter().cloned());
+    if models.vad.is_some() && report.audio.is_some() {
+        let min_ms = (policy.speech.silence_min_s * 1000.0) as u64;
+        let vad = models.vad.as_ref().map(|v| ModelRef { id: v.id().into(), sha256: v.sha256().into() });
+        for (s, e) in findings::silence_spans(&speech_result.speech, speech_result.audio_end_ms, &visual.presence, min_ms) {
+            found.push(Finding {
+                label: "silence".into(),
+                severity: Default::default(),
+                track: verdict::Track::Microphone,
+                start_ms: s,
+                end_ms: e,
+                confidence: 1.0,
+                model: vad.clone().expect("vad present"),
+                rule_id: "speech.silence".into(),
+                evidence: Default::default(),
+                reason: format!("no speech for {:.0} s while the class was on camera", (e - s) as f64 / 1000.0),
+            });
+        }
+    }
+    for f in &mut found {
+        if !f.rule_id.contains("contact") && !f.rule_id.contains("payment") && !f.rule_id.contains("profan") {
+            f.severity = policy.decision.severity_for(&f.label);
+        }
+    }
+    found.sort_by(|a, b| (a.start_ms, a.track.as_str(), &a.label).cmp(&(b.start_ms, b.track.as_str(), &b.label)));
+
+    let mut partial_reason = report.partial_reason.clone();
+    if !slice_errors.is_empty() {
+        partial_reason.get_or_insert_with(|| format!("{} slices could not be analysed: {}", slice_errors.len(), slice_errors[0]));
+    }
+    if !errors.is_empty() {
+        partial_reason.get_or_insert_with(|| errors[0].clone());
+    }
+    let partial = partial_reason.is_some();
+    let wall_ms = started.elapsed().as_millis() as u64;
+    let mut stats = Stats {
+        duration_ms: end_ms,
+        slices: report.tracks.iter().map(|t| t.sampled).sum(),
+        wall_ms,
+        realtime_factor: Stats::realtime_factor_of(end_ms, wall_ms),
+        ..Default::default()
+    };
+    let frames_decoded: u64 = report.tracks.iter().map(|t| t.decoded).sum();
+    stats.stages.insert("demux".into(), StageStats { wall_ms: report.stages.demux_ms, frames: report.tracks.iter().map(|t| t.frames).sum() });
+    stats.stages.insert("video_slicing".into(), StageStats { wall_ms: report.stages.video_ms, frames: frames_decoded });
+    stats.stages.insert("audio_decode".into(), StageStats { wall_ms: report.stages.audio_ms, frames: 0 });
+    for (k, (ms, n)) in stage_ms {
+        stats.stages.insert(k.into(), StageStats { wall_ms: ms, frames: n });
+    }
+    stats.stages.insert("speech".into(), StageStats { wall_ms: speech_result.busy_ms, frames: speech_result.whisper_windows });
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut model_calls = BTreeMap::new();
+    model_calls.insert(models.face_detector.id().to_string(), c(&calls.face_detect));
+    model_calls.insert(models.face_embedder.id().to_string(), c(&calls.face_embed));
+    model_calls.insert(models.nudity_ref().id, c(&calls.nudity));
+    if let Some(o) = &models.ocr {
+        model_calls.insert(o.id().to_string(), c(&calls.ocr));
+    }
+    if let Some(v) = &models.vad {
+        model_calls.insert(v.id().to_string(), speech_result.vad_chunks);
+    }
+    if let Some(w) = &models.whisper {
+        model_calls.insert(w.id().to_string(), speech_result.whisper_windows);
+        gate_savings.insert("whisper_speech_only".into(), speech_result.skipped_audio_ms / 30_000);
+    }
+    stats.model_calls = model_calls;
+    stats.gate_savings = gate_savings;
+
+    let decision = verdict::decide(policy, &found, partial);
+    let mut evidence: Vec<String> = ev_visual.written().to_vec();
+    evidence.extend(ev_speech.written().iter().cloned());
+    let verdict = Verdict {
+        schema_version: SCHEMA_VERSION,
+        recording: RecordingInfo {
+            id: req.recording.id.clone(),
+            source: req.recording.source.clone(),
+            sha256: report.sha256.clone(),
+            duration_ms: end_ms,
+            partial,
+            partial_reason,
+            error: None,
+        },
+        decision,
+        findings: found,
+        stats,
+        policy: PolicyRef::from(policy),
+        models: models.uses(),
+        created_at: verdict::now_rfc3339(),
+    };
+    Ok(AuditOutcome { verdict, evidence, slice_report: Some(report) })
+}
+
+/// The verdict for a recording that could not be audited at all.
+pub fn error_verdict(rec: &Recording, sha256: &str, policy: &Policy, models: &AuditModels, error: String) -> Verdict {
+    Verdict {
+        schema_version: SCHEMA_VERSION,
+        recording: RecordingInfo {
+            id: rec.id.clone(),
+            source: rec.source.clone(),
+            sha256: sha256.to_string(),
+            duration_ms: 0,
+            partial: true,
+            partial_reason: None,
+            error: Some(error),
+        },
+        decision: Decision::Error,
+        findings: Vec::new(),
+        stats: Stats::default(),
+        policy: PolicyRef::from(policy),
+        models: models.uses(),
+        created_at: verdict::now_rfc3339(),
+    }
+}
+
+fn slice_limits(policy: &Policy) -> slice::SliceLimits {
+    let l = &policy.limits;
+    slice::SliceLimits {
+        max_file_bytes: l.max_file_bytes,
+        max_duration_ms: (l.max_duration_s as i64).saturating_mul(1000),
+        max_slices_per_track: l.max_slices,
+        max_frame_pixels: u64::from(l.max_frame_width) * u64::from(l.max_frame_height),
+    }
+}
