@@ -89,7 +89,11 @@ fn scan(c: &Ctx, policy: Option<&str>) -> Result<Vec<OsString>, String> {
             if !path.is_file() {
                 return Err(format!("{p} does not exist"));
             }
-            Ok(classguard(c, &["scan"], &["--policy", path.to_str().unwrap_or(p)]))
+            Ok(classguard(
+                c,
+                &["scan"],
+                &["--policy", path.to_str().unwrap_or(p)],
+            ))
         }
     }
 }
@@ -118,7 +122,10 @@ fn plain_decode_argv(input: &Input, count: bool) -> Result<Vec<OsString>, String
     if input.has_audio {
         desc.push_str(" d.audio_0 ! queue ! opusdec ! fakesink sync=false");
     }
-    let mut v: Vec<OsString> = vec!["gst-launch-1.0".into(), if count { "-v" } else { "-q" }.into()];
+    let mut v: Vec<OsString> = vec![
+        "gst-launch-1.0".into(),
+        if count { "-v" } else { "-q" }.into(),
+    ];
     // gst-launch parses its arguments as one description; splitting on spaces is what a shell does.
     v.extend(desc.split(' ').map(OsString::from));
     Ok(v)
@@ -126,7 +133,10 @@ fn plain_decode_argv(input: &Input, count: bool) -> Result<Vec<OsString>, String
 
 fn gst_quote(p: &Path) -> String {
     let s = p.display().to_string();
-    assert!(!s.contains(' '), "fixture paths must not contain spaces: {s}");
+    assert!(
+        !s.contains(' '),
+        "fixture paths must not contain spaces: {s}"
+    );
     s
 }
 
@@ -150,32 +160,39 @@ fn probe(kind: &'static str, path: PathBuf) -> Input {
     let mut video_frames = 0u64;
     let mut end_ms = 0i64;
     let mut header_ms = None;
-    demux_reader(std::io::BufReader::new(file), DemuxLimits::default(), |ev| {
-        match ev {
-            Event::Header(h) => {
-                header_ms = h.duration_ms;
-                for t in &h.tracks {
-                    match t.kind {
-                        TrackKind::Video if video_track.is_none() => {
-                            video_track = Some(t.number);
-                            video_codec = t.codec.name().to_string();
+    demux_reader(
+        std::io::BufReader::new(file),
+        DemuxLimits::default(),
+        |ev| {
+            match ev {
+                Event::Header(h) => {
+                    header_ms = h.duration_ms;
+                    for t in &h.tracks {
+                        match t.kind {
+                            TrackKind::Video if video_track.is_none() => {
+                                video_track = Some(t.number);
+                                video_codec = t.codec.name().to_string();
+                            }
+                            TrackKind::Audio => has_audio = true,
+                            _ => {}
                         }
-                        TrackKind::Audio => has_audio = true,
-                        _ => {}
                     }
                 }
-            }
-            Event::Frame(f) => {
-                if Some(f.track) == video_track {
-                    video_frames += 1;
+                Event::Frame(f) => {
+                    if Some(f.track) == video_track {
+                        video_frames += 1;
+                    }
+                    end_ms =
+                        end_ms.max(f.pts_ms() + (f.duration_ns.unwrap_or(0) / 1_000_000) as i64);
                 }
-                end_ms = end_ms.max(f.pts_ms() + (f.duration_ns.unwrap_or(0) / 1_000_000) as i64);
             }
-        }
-        std::ops::ControlFlow::Continue(())
-    })
+            std::ops::ControlFlow::Continue(())
+        },
+    )
     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let seconds = header_ms.map(|d| d / 1000.0).unwrap_or(end_ms as f64 / 1000.0);
+    let seconds = header_ms
+        .map(|d| d / 1000.0)
+        .unwrap_or(end_ms as f64 / 1000.0);
     Input {
         kind,
         path,
@@ -337,7 +354,9 @@ fn run_row(row: &Row, ctx_base: &CtxBase, input: &Input, repeat: usize) -> Outco
             return Outcome::Failed(format!("{status}: {}", tail.join(" | ")));
         }
         let (decoded, slices) = read_counts(&out);
-        let frames = decoded.or((row.name == BASELINE).then_some(input.decoded_frames.unwrap_or(input.video_frames)));
+        let frames = decoded
+            .or((row.name == BASELINE)
+                .then_some(input.decoded_frames.unwrap_or(input.video_frames)));
         let m = Measured {
             wall_s: wall,
             cpu_s: tv_s(usage.ru_utime) + tv_s(usage.ru_stime),
@@ -361,7 +380,8 @@ struct CtxBase {
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "-".into())
+    v.map(|x| format!("{x:.prec$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_table(input: &Input, results: &[(&'static str, Outcome)]) {
@@ -376,7 +396,11 @@ fn print_table(input: &Input, results: &[(&'static str, Outcome)]) {
             .decoded_frames
             .map(|n| n.to_string())
             .unwrap_or_else(|| "not counted".into()),
-        if input.has_audio { " + Opus" } else { ", no audio" }
+        if input.has_audio {
+            " + Opus"
+        } else {
+            ", no audio"
+        }
     );
     println!();
     println!("| row | wall s | x realtime | CPU s | peak RSS MB | frames decoded | frames/s | slices | wall vs plain | CPU vs plain | load before |");
@@ -393,9 +417,13 @@ fn print_table(input: &Input, results: &[(&'static str, Outcome)]) {
                 input.seconds / m.wall_s,
                 m.cpu_s,
                 m.max_rss_mb,
-                m.frames.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+                m.frames
+                    .map(|f| f.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 opt(m.frames.map(|f| f as f64 / m.wall_s), 0),
-                m.slices.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                m.slices
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 opt(base.as_ref().map(|b| m.wall_s / b.wall_s), 2),
                 opt(base.as_ref().map(|b| m.cpu_s / b.cpu_s), 2),
                 m.load_before,
@@ -449,10 +477,16 @@ fn main() {
         let st = Command::new(cargo)
             .args(["build", "--release", "--quiet", "--bin", "classguard"])
             .current_dir(&root)
-            .env("CARGO_TARGET_DIR", release_dir.parent().expect("target dir"))
+            .env(
+                "CARGO_TARGET_DIR",
+                release_dir.parent().expect("target dir"),
+            )
             .status()
             .expect("running cargo build");
-        assert!(st.success(), "cargo build --release --bin classguard failed");
+        assert!(
+            st.success(),
+            "cargo build --release --bin classguard failed"
+        );
     }
     assert!(bin.is_file(), "{} is missing", bin.display());
     let help = Command::new(&bin)
@@ -469,10 +503,16 @@ fn main() {
     let all_rows = rows();
     let rows: Vec<&Row> = all_rows
         .iter()
-        .filter(|r| wanted_rows.as_ref().is_none_or(|w| w.iter().any(|n| n == r.name)))
+        .filter(|r| {
+            wanted_rows
+                .as_ref()
+                .is_none_or(|w| w.iter().any(|n| n == r.name))
+        })
         .collect();
     let gen_dir = root.join("fixtures/generated");
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     println!(
         "ClassGuard e2e benchmark: {} cores available, load average {} at start, durations {:?}, repeat {}",
         nproc,
@@ -513,7 +553,10 @@ fn main() {
                 }
             }
             let mut results = Vec::new();
-            for row in rows.iter().filter(|r| r.on.is_empty() || r.on.contains(&kind)) {
+            for row in rows
+                .iter()
+                .filter(|r| r.on.is_empty() || r.on.contains(&kind))
+            {
                 eprintln!("e2e: {} {}s: {}", input.kind, d, row.name);
                 let outcome = run_row(row, &base, &input, repeat);
                 if let Outcome::Ran(m) = &outcome {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use classguard::demux::{Demuxer, Event};
-use classguard::mux::{id_bytes, simple_block, stream_start, uint_element, TrackSpec, UNKNOWN_SIZE_FIELD};
+use classguard::mux::{
+    id_bytes, simple_block, stream_start, uint_element, TrackSpec, UNKNOWN_SIZE_FIELD,
+};
 use classguard::slice::frame::{fit_within, I420};
 
 fn vp8_track() -> TrackSpec {
@@ -65,7 +67,12 @@ fn browser_stream(seconds: i64) -> Vec<u8> {
             if ms % 100 == 0 || ms % 100 == 30 || ms % 100 == 70 {
                 // ~30 fps: frames at 0, 30, 70 ms of every 100 ms.
                 let is_key = s % 3 == 0 && ms == 0;
-                out.extend(simple_block(1, ms, is_key, if is_key { &key } else { &inter }));
+                out.extend(simple_block(
+                    1,
+                    ms,
+                    is_key,
+                    if is_key { &key } else { &inter },
+                ));
             }
             if ms % 20 == 0 {
                 out.extend(simple_block(2, ms, true, &opus));

@@ -9,10 +9,10 @@ pub mod mux;
 pub mod slice;
 
 pub mod app;
+pub mod audit;
 pub mod ingest;
 pub mod inspect;
 pub mod policy;
 pub mod sink;
 pub mod store;
 pub mod verdict;
-pub mod audit;

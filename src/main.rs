@@ -1,4 +1,5 @@
-//! The `classguard` command line. Errors become one line on stderr and a non-zero exit code.
+//! The `classguard` command line. Errors become one line on stderr; exit codes: 0 all inputs
+//! handled, 1 some input failed, 2 usage or set-up error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,12 +7,22 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
-use classguard::app::slice_cmd;
+use classguard::app::{enroll, models_cmd, scan, slice_cmd};
 use classguard::ingest;
+use classguard::inspect::{self, InspectOptions};
+use classguard::policy::Policy;
 use classguard::slice::{Role, SliceOptions};
+use classguard::store::Store;
 
 #[derive(Parser)]
-#[command(name = "classguard", version, about = "Audits recorded online classes: faces, nudity, screen text and speech, as timestamped verdicts.", long_about = None)]
+#[command(
+    name = "classguard",
+    version,
+    about = "Audits recorded online classes: teacher identity, nudity, screen text and speech, as timestamped verdicts.",
+    after_help = "Start with: classguard scan fixtures/browser/camera-vp8-opus.webm --out verdicts\n\
+                  Models and ONNX Runtime are found under $CLASSGUARD_HOME (default ~/.local/share/classguard);\n\
+                  install them with `classguard models fetch` (or scripts/setup). Logs: RUST_LOG=classguard=debug."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,17 +30,118 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Demux and sample recordings: slice JPEGs, the microphone track (not re-encoded) and slices.json.
-    Slice {
-        /// Recordings (.webm/.mkv) or folders of them.
+    /// Audit recordings: a verdict (pass/review/block) with timestamped findings and evidence per recording.
+    Scan {
+        /// Recordings (.webm/.mkv) or folders of them (searched recursively).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// Output folder; each recording gets a sub-folder named by its recording id.
-        #[arg(long, short)]
+        /// Check the camera against this enrolled teacher (see `enroll`).
+        #[arg(long)]
+        teacher: Option<String>,
+        /// Audit policy TOML (default: the embedded pipelines/classroom.toml).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Output folder: <recording id>/verdict.json plus evidence and the extracted microphone.
+        #[arg(long, short, default_value = "classguard-out")]
         out: PathBuf,
-        /// Role of the video track (default: from the file name; screen/desktop/whiteboard/share mean desktop).
+        /// Print every verdict as one JSON line on stdout (the summary table then goes to stderr).
+        #[arg(long)]
+        jsonl: bool,
+        /// Class session these recordings belong to (default: file name without its role word).
+        #[arg(long)]
+        session: Option<String>,
+        /// Role of the video track (default: from the file name).
         #[arg(long, value_enum)]
         role: Option<Role>,
+        /// Recordings audited in parallel.
+        #[arg(long, short = 'j', default_value_t = 1)]
+        jobs: usize,
+        /// Model workers per recording.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// SQLite store (default: $CLASSGUARD_STORE or the XDG data directory).
+        #[arg(long, env = "CLASSGUARD_STORE")]
+        store: Option<PathBuf>,
+    },
+    /// Store a teacher's face template from verified photos (one face per photo; photos are not kept).
+    Enroll {
+        #[arg(long)]
+        teacher: String,
+        #[arg(required = true)]
+        photos: Vec<PathBuf>,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long, env = "CLASSGUARD_STORE")]
+        store: Option<PathBuf>,
+    },
+    /// Erase a teacher: face templates and the evidence files linked to them.
+    Erase {
+        #[arg(long)]
+        teacher: String,
+        #[arg(long, env = "CLASSGUARD_STORE")]
+        store: Option<PathBuf>,
+    },
+    /// Delete evidence files past their retention period.
+    Expire {
+        #[arg(long, env = "CLASSGUARD_STORE")]
+        store: Option<PathBuf>,
+    },
+    /// Demux and sample recordings: slice JPEGs, the microphone track (not re-encoded) and slices.json.
+    Slice {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+        /// Policy whose [sampling] table to use (default: the embedded one).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Run the models on one input and print what they see, as JSON.
+    Inspect {
+        #[command(subcommand)]
+        what: InspectCmd,
+    },
+    /// List or fetch the pinned models and ONNX Runtime.
+    Models {
+        #[command(subcommand)]
+        what: ModelsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum InspectCmd {
+    /// Faces, nudity probability and OCR lines of an image.
+    Image {
+        path: PathBuf,
+        /// Also run NudeNet (AGPL-3.0 licensed; off by default).
+        #[arg(long)]
+        nudenet: bool,
+    },
+    /// Speech segments and transcript of an audio file (wav/ogg/opus/webm).
+    Audio { path: PathBuf },
+    /// Similarity of the largest face in two photos, and the decision at the policy threshold.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// What is installed, with versions, hashes and licences.
+    List {
+        /// Re-hash every file against the manifest.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Download, verify and convert the pinned models (idempotent).
+    Fetch {
+        #[arg(long)]
+        with_optional: bool,
     },
 }
 
@@ -42,11 +154,169 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Slice { inputs, out, role } => slice(inputs, out, role),
+        Command::Scan {
+            inputs,
+            teacher,
+            policy,
+            out,
+            jsonl,
+            session,
+            role,
+            jobs,
+            workers,
+            store,
+        } => {
+            let opts = scan::ScanOptions {
+                inputs,
+                teacher,
+                policy,
+                out,
+                store,
+                session,
+                role,
+                jobs,
+                workers,
+                jsonl,
+            };
+            run_scan(&opts)
+        }
+        Command::Enroll {
+            teacher,
+            photos,
+            policy,
+            store,
+        } => {
+            let result = (|| -> anyhow::Result<usize> {
+                let policy = Policy::load(policy.as_deref())?;
+                let mut store = open_store(store)?;
+                Ok(enroll::enroll(&mut store, &policy, &teacher, &photos)?)
+            })();
+            match result {
+                Ok(n) => {
+                    println!("enrolled {n} face template(s) for teacher {teacher}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e, 1),
+            }
+        }
+        Command::Erase { teacher, store } => match open_store(store)
+            .and_then(|mut s| Ok(s.erase_teacher(&teacher)?))
+        {
+            Ok(paths) => {
+                let removed = remove_files(&paths);
+                println!("erased teacher {teacher}: face templates and {removed} evidence file(s)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e, 1),
+        },
+        Command::Expire { store } => {
+            match open_store(store)
+                .and_then(|mut s| Ok(s.expire_evidence(time::OffsetDateTime::now_utc())?))
+            {
+                Ok(paths) => {
+                    println!("expired {} evidence file(s)", remove_files(&paths));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e, 1),
+            }
+        }
+        Command::Slice {
+            inputs,
+            out,
+            role,
+            policy,
+        } => match Policy::load(policy.as_deref()) {
+            Ok(p) => slice(inputs, out, role, p),
+            Err(e) => fail(e.into(), 2),
+        },
+        Command::Inspect { what } => {
+            let result = match what {
+                InspectCmd::Image { path, nudenet } => inspect::inspect_image(
+                    &path,
+                    &InspectOptions {
+                        nudenet,
+                        ..Default::default()
+                    },
+                )
+                .map_err(anyhow::Error::from),
+                InspectCmd::Audio { path } => {
+                    inspect::inspect_audio(&path).map_err(anyhow::Error::from)
+                }
+                InspectCmd::Compare { a, b, policy } => Policy::load(policy.as_deref())
+                    .map_err(anyhow::Error::from)
+                    .and_then(|p| {
+                        inspect::inspect_compare(&a, &b, p.face.identity_threshold)
+                            .map_err(anyhow::Error::from)
+                    }),
+            };
+            match result {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e, 1),
+            }
+        }
+        Command::Models { what } => match what {
+            ModelsCmd::List { verify } => match models_cmd::list(verify) {
+                Ok(s) => {
+                    print!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(anyhow::anyhow!(e), 1),
+            },
+            ModelsCmd::Fetch { with_optional } => match models_cmd::fetch(with_optional) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(anyhow::anyhow!(e), 1),
+            },
+        },
     }
 }
 
-fn slice(inputs: Vec<PathBuf>, out: PathBuf, role: Option<Role>) -> ExitCode {
+fn open_store(path: Option<PathBuf>) -> anyhow::Result<Store> {
+    Ok(match path {
+        Some(p) => Store::open(&p)?,
+        None => Store::open_default()?,
+    })
+}
+
+fn remove_files(paths: &[PathBuf]) -> usize {
+    paths
+        .iter()
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count()
+}
+
+fn fail(e: anyhow::Error, code: u8) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(code)
+}
+
+fn run_scan(opts: &scan::ScanOptions) -> ExitCode {
+    let jsonl = opts.jsonl;
+    let summary = scan::run(opts, |v| {
+        if jsonl {
+            println!("{}", serde_json::to_string(v).unwrap_or_default());
+        }
+    });
+    match summary {
+        Ok(s) => {
+            if jsonl {
+                eprint!("{}", s.table());
+            } else {
+                print!("{}", s.table());
+            }
+            if s.failed() > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => fail(e.into(), 2),
+    }
+}
+
+fn slice(inputs: Vec<PathBuf>, out: PathBuf, role: Option<Role>, policy: Policy) -> ExitCode {
     let (recordings, errors) = ingest::expand_inputs(&inputs);
     let mut failed = errors.len();
     for e in &errors {
@@ -55,6 +325,7 @@ fn slice(inputs: Vec<PathBuf>, out: PathBuf, role: Option<Role>) -> ExitCode {
     for rec in &recordings {
         let opts = SliceOptions {
             role,
+            sampling: policy.sampling.clone(),
             ..SliceOptions::default()
         };
         match slice_cmd::slice_one(rec, &out, opts) {
@@ -65,7 +336,10 @@ fn slice(inputs: Vec<PathBuf>, out: PathBuf, role: Option<Role>) -> ExitCode {
                     rec.id,
                     m.slices.len(),
                     m.duration_ms,
-                    if m.partial { "\tPARTIAL" } else { "" },
+                    m.partial_reason
+                        .as_deref()
+                        .map(|r| format!("\tPARTIAL: {r}"))
+                        .unwrap_or_default(),
                     slice_cmd::recording_dir(&out, rec).display()
                 );
             }

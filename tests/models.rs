@@ -950,16 +950,3 @@ fn inspect_audio_on_a_wav_file() {
         ) <= 0.2
     );
 }
-
-#[test]
-#[ignore]
-fn debug_vad_probs() {
-    let (signal, truth) = speech_track();
-    let p = vad().probabilities(signal).unwrap();
-    for &(ts, te) in truth.iter().take(4) {
-        let a = (ts as usize * 16 / 512).saturating_sub(3);
-        let b = te as usize * 16 / 512 + 5;
-        eprintln!("truth {ts}..{te}: start chunks {:?}", (a..a + 6).map(|i| (i * 32, (p[i] * 100.0).round() as i32)).collect::<Vec<_>>());
-        eprintln!("   end chunks {:?}", (b - 9..b).map(|i| (i * 32, (p[i] * 100.0).round() as i32)).collect::<Vec<_>>());
-    }
-}

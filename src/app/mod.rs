@@ -1,3 +1,6 @@
 //! The commands behind the CLI, as library functions so tests can drive them directly.
 
+pub mod enroll;
+pub mod models_cmd;
+pub mod scan;
 pub mod slice_cmd;

@@ -16,7 +16,10 @@ pub struct EvidenceSink {
 impl EvidenceSink {
     /// `root` is the recording's output folder; files go to `root/evidence/`.
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_path_buf(), written: Vec::new() }
+        Self {
+            root: root.to_path_buf(),
+            written: Vec::new(),
+        }
     }
 
     /// Paths written so far, relative to the recording's folder.
@@ -28,7 +31,12 @@ impl EvidenceSink {
         &self.root
     }
 
-    pub fn slice(&mut self, label: &str, pts_ms: u64, image: &RgbImage) -> Result<String, SinkError> {
+    pub fn slice(
+        &mut self,
+        label: &str,
+        pts_ms: u64,
+        image: &RgbImage,
+    ) -> Result<String, SinkError> {
         let rel = format!("evidence/{label}-{pts_ms:09}.jpg");
         if !self.written.contains(&rel) {
             write_jpeg_atomic(&self.root.join(&rel), image, 85)?;
@@ -38,7 +46,12 @@ impl EvidenceSink {
     }
 
     /// 16 kHz mono f32 samples as a 16-bit PCM WAV clip.
-    pub fn audio(&mut self, label: &str, start_ms: u64, samples: &[f32]) -> Result<String, SinkError> {
+    pub fn audio(
+        &mut self,
+        label: &str,
+        start_ms: u64,
+        samples: &[f32],
+    ) -> Result<String, SinkError> {
         let rel = format!("evidence/{label}-{start_ms:09}.wav");
         if !self.written.contains(&rel) {
             write_atomic(&self.root.join(&rel), &wav_16k_mono(samples))?;

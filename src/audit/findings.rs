@@ -31,7 +31,10 @@ impl EvidencePicker {
 
     /// The best candidate inside `span`; clears candidates up to the span's end.
     fn take(&mut self, span: &Span) -> Option<(u64, Arc<RgbImage>, Option<BBox>)> {
-        let hit = self.best.take().filter(|b| b.1 >= span.start_ms && b.1 <= span.end_ms);
+        let hit = self
+            .best
+            .take()
+            .filter(|b| b.1 >= span.start_ms && b.1 <= span.end_ms);
         hit.map(|(_, pts, img, bbox)| (pts, img, bbox))
     }
 }
@@ -48,7 +51,12 @@ struct SpanTrack {
 }
 
 impl SpanTrack {
-    fn push(&mut self, pts: u64, hit: Option<(f32, Option<BBox>)>, image: &Arc<RgbImage>) -> Option<(Span, Option<(u64, Arc<RgbImage>, Option<BBox>)>)> {
+    fn push(
+        &mut self,
+        pts: u64,
+        hit: Option<(f32, Option<BBox>)>,
+        image: &Arc<RgbImage>,
+    ) -> Option<(Span, Option<(u64, Arc<RgbImage>, Option<BBox>)>)> {
         if let Some((score, bbox)) = hit {
             self.picker.offer(score, pts, image, bbox);
         }
@@ -81,7 +89,12 @@ pub struct VisualFindings {
 }
 
 fn box_of(b: &[f32; 4]) -> BBox {
-    BBox { x: b[0], y: b[1], w: b[2], h: b[3] }
+    BBox {
+        x: b[0],
+        y: b[1],
+        w: b[2],
+        h: b[3],
+    }
 }
 
 impl VisualFindings {
@@ -89,7 +102,8 @@ impl VisualFindings {
         let p = ctx.policy;
         let interval = ctx.camera_interval_ms.max(1);
         let presence = |min_s: f32| {
-            SpanBuilder::new(interval, PRESENCE_K, PRESENCE_N).min_duration_ms((min_s * 1000.0) as u64)
+            SpanBuilder::new(interval, PRESENCE_K, PRESENCE_N)
+                .min_duration_ms((min_s * 1000.0) as u64)
         };
         let ic = p.face.identity_corroboration;
         let nc = p.nudity.corroboration;
@@ -103,35 +117,83 @@ impl VisualFindings {
             describe,
         };
         let camera = vec![
-            span("no_face", "face.no_face", Track::Camera, presence(p.face.no_face_min_s), &ctx.face_model, |s| {
-                format!("no face on camera for {:.0} s", s.duration_ms() as f64 / 1000.0)
-            }),
-            span("multiple_faces", "face.multiple_faces", Track::Camera, presence(p.face.multiple_faces_min_s), &ctx.face_model, |s| {
-                format!("two or more faces on camera for {:.0} s", s.duration_ms() as f64 / 1000.0)
-            }),
-            span("identity_mismatch", "face.identity_mismatch", Track::Camera, SpanBuilder::new(interval, ic.k, ic.n), &ctx.embed_model, |s| {
-                format!(
+            span(
+                "no_face",
+                "face.no_face",
+                Track::Camera,
+                presence(p.face.no_face_min_s),
+                &ctx.face_model,
+                |s| {
+                    format!(
+                        "no face on camera for {:.0} s",
+                        s.duration_ms() as f64 / 1000.0
+                    )
+                },
+            ),
+            span(
+                "multiple_faces",
+                "face.multiple_faces",
+                Track::Camera,
+                presence(p.face.multiple_faces_min_s),
+                &ctx.face_model,
+                |s| {
+                    format!(
+                        "two or more faces on camera for {:.0} s",
+                        s.duration_ms() as f64 / 1000.0
+                    )
+                },
+            ),
+            span(
+                "identity_mismatch",
+                "face.identity_mismatch",
+                Track::Camera,
+                SpanBuilder::new(interval, ic.k, ic.n),
+                &ctx.embed_model,
+                |s| {
+                    format!(
                     "the enrolled teacher is not the person on camera ({} of {} slices) for {:.0} s",
                     s.hits,
                     s.samples,
                     s.duration_ms() as f64 / 1000.0
                 )
-            }),
-            span("identity_unverified", "face.identity_unverified", Track::Camera, presence(p.face.multiple_faces_min_s), &ctx.embed_model, |s| {
-                format!("faces too small or blurred to verify the teacher for {:.0} s", s.duration_ms() as f64 / 1000.0)
-            }),
-            span("nudity", "nudity.camera", Track::Camera, SpanBuilder::new(interval, nc.k, nc.n), &ctx.nudity_model, |s| {
-                format!("nudity on camera in {} of {} slices", s.hits, s.samples)
-            }),
+                },
+            ),
+            span(
+                "identity_unverified",
+                "face.identity_unverified",
+                Track::Camera,
+                presence(p.face.multiple_faces_min_s),
+                &ctx.embed_model,
+                |s| {
+                    format!(
+                        "faces too small or blurred to verify the teacher for {:.0} s",
+                        s.duration_ms() as f64 / 1000.0
+                    )
+                },
+            ),
+            span(
+                "nudity",
+                "nudity.camera",
+                Track::Camera,
+                SpanBuilder::new(interval, nc.k, nc.n),
+                &ctx.nudity_model,
+                |s| format!("nudity on camera in {} of {} slices", s.hits, s.samples),
+            ),
         ];
         let desktop_interval = p.sampling.desktop.check_interval_ms.max(1);
         let desktop_nudity = span(
             "nudity",
             "nudity.desktop",
             Track::Desktop,
-            SpanBuilder::new(desktop_interval, nc.k, nc.n).max_gap_ms(p.sampling.desktop.max_gap_ms.max(desktop_interval) * 2),
+            SpanBuilder::new(desktop_interval, nc.k, nc.n)
+                .max_gap_ms(p.sampling.desktop.max_gap_ms.max(desktop_interval) * 2),
             &ctx.nudity_model,
-            |s| format!("nudity on the shared screen in {} of {} slides", s.hits, s.samples),
+            |s| {
+                format!(
+                    "nudity on the shared screen in {} of {} slides",
+                    s.hits, s.samples
+                )
+            },
         );
         Self {
             camera,
@@ -143,7 +205,14 @@ impl VisualFindings {
         }
     }
 
-    pub fn camera(&mut self, ctx: &FindingContext<'_>, pts: u64, obs: &CameraObservation, image: &Arc<RgbImage>, ev: &mut EvidenceSink) {
+    pub fn camera(
+        &mut self,
+        ctx: &FindingContext<'_>,
+        pts: u64,
+        obs: &CameraObservation,
+        image: &Arc<RgbImage>,
+        ev: &mut EvidenceSink,
+    ) {
         let p = ctx.policy;
         let largest = obs.faces.first().map(|f| box_of(&f.bbox));
         self.presence.push((pts, !obs.faces.is_empty()));
@@ -155,7 +224,9 @@ impl VisualFindings {
                 _ => None,
             },
             matches!(obs.identity, Identity::Unverified).then_some((1.0, largest)),
-            obs.nudity.filter(|&s| s >= p.nudity.threshold).map(|s| (s, None)),
+            obs.nudity
+                .filter(|&s| s >= p.nudity.threshold)
+                .map(|s| (s, None)),
         ];
         for (i, hit) in hits.into_iter().enumerate() {
             if let Some((span, evidence)) = self.camera[i].push(pts, hit, image) {
@@ -165,14 +236,25 @@ impl VisualFindings {
         }
     }
 
-    pub fn desktop(&mut self, ctx: &FindingContext<'_>, pts: u64, obs: &DesktopObservation, image: &Arc<RgbImage>, ev: &mut EvidenceSink) {
-        let hit = obs.nudity.filter(|&s| s >= ctx.policy.nudity.threshold).map(|s| (s, None));
+    pub fn desktop(
+        &mut self,
+        ctx: &FindingContext<'_>,
+        pts: u64,
+        obs: &DesktopObservation,
+        image: &Arc<RgbImage>,
+        ev: &mut EvidenceSink,
+    ) {
+        let hit = obs
+            .nudity
+            .filter(|&s| s >= ctx.policy.nudity.threshold)
+            .map(|s| (s, None));
         if let Some((span, evidence)) = self.desktop_nudity.push(pts, hit, image) {
             let f = finding(&self.desktop_nudity, span, evidence, ev, &mut self.errors);
             self.findings.push(f);
         }
         if let Some(lines) = &obs.ocr {
-            let text: Vec<(String, [[f32; 2]; 4])> = lines.iter().map(|l| (l.text.clone(), l.bbox)).collect();
+            let text: Vec<(String, [[f32; 2]; 4])> =
+                lines.iter().map(|l| (l.text.clone(), l.bbox)).collect();
             let closed = self.screen_text.slide(ctx.policy, pts, &text, image);
             self.close_text(closed, ev);
         }
@@ -196,8 +278,17 @@ impl VisualFindings {
                 confidence: t.confidence,
                 model: self.screen_text.model.clone(),
                 rule_id: t.rule_id.clone(),
-                evidence: Evidence { slice_path, ocr_excerpt: Some(t.line.clone()), bbox: t.bbox, ..Default::default() },
-                reason: format!("{} '{}' on the shared screen", describe_label(&t.label), redact(&t.matched)),
+                evidence: Evidence {
+                    slice_path,
+                    ocr_excerpt: Some(t.line.clone()),
+                    bbox: t.bbox,
+                    ..Default::default()
+                },
+                reason: format!(
+                    "{} '{}' on the shared screen",
+                    describe_label(&t.label),
+                    redact(&t.matched)
+                ),
             });
         }
     }
@@ -293,10 +384,19 @@ struct ScreenText {
 
 impl ScreenText {
     fn new(model: ModelRef) -> Self {
-        Self { model, open: Vec::new() }
+        Self {
+            model,
+            open: Vec::new(),
+        }
     }
 
-    fn slide(&mut self, policy: &Policy, pts: u64, lines: &[(String, [[f32; 2]; 4])], image: &Arc<RgbImage>) -> Vec<PendingText> {
+    fn slide(
+        &mut self,
+        policy: &Policy,
+        pts: u64,
+        lines: &[(String, [[f32; 2]; 4])],
+        image: &Arc<RgbImage>,
+    ) -> Vec<PendingText> {
         let mut hits: Vec<(TextHit, &str, [[f32; 2]; 4])> = Vec::new();
         for (text, quad) in lines {
             for hit in policy.text().scan(text) {
@@ -304,16 +404,26 @@ impl ScreenText {
             }
         }
         // The whole slide as one text too: a phone number can wrap over two lines.
-        let joined: String = lines.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(" ");
+        let joined: String = lines
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         for hit in policy.text().scan(&joined) {
-            if !hits.iter().any(|(h, ..)| h.rule_id == hit.rule_id && (h.matched.contains(&hit.matched) || hit.matched.contains(&h.matched))) {
+            if !hits.iter().any(|(h, ..)| {
+                h.rule_id == hit.rule_id
+                    && (h.matched.contains(&hit.matched) || hit.matched.contains(&h.matched))
+            }) {
                 hits.push((hit, "", [[0.0; 2]; 4]));
             }
         }
         let mut closed = Vec::new();
         let mut still_open = Vec::new();
         for mut p in self.open.drain(..) {
-            if hits.iter().any(|(h, ..)| h.rule_id == p.rule_id && h.matched == p.matched) {
+            if hits
+                .iter()
+                .any(|(h, ..)| h.rule_id == p.rule_id && h.matched == p.matched)
+            {
                 still_open.push(p);
             } else {
                 p.end_ms = pts;
@@ -321,22 +431,40 @@ impl ScreenText {
             }
         }
         for (hit, line, quad) in hits {
-            if still_open.iter().any(|p| p.rule_id == hit.rule_id && p.matched == hit.matched) {
+            if still_open
+                .iter()
+                .any(|p| p.rule_id == hit.rule_id && p.matched == hit.matched)
+            {
                 continue;
             }
             let bbox = (!line.is_empty()).then(|| {
                 let xs = quad.iter().map(|p| p[0]);
                 let ys = quad.iter().map(|p| p[1]);
-                let (x0, x1) = (xs.clone().fold(f32::MAX, f32::min), xs.fold(f32::MIN, f32::max));
-                let (y0, y1) = (ys.clone().fold(f32::MAX, f32::min), ys.fold(f32::MIN, f32::max));
-                BBox { x: x0, y: y0, w: x1 - x0, h: y1 - y0 }
+                let (x0, x1) = (
+                    xs.clone().fold(f32::MAX, f32::min),
+                    xs.fold(f32::MIN, f32::max),
+                );
+                let (y0, y1) = (
+                    ys.clone().fold(f32::MAX, f32::min),
+                    ys.fold(f32::MIN, f32::max),
+                );
+                BBox {
+                    x: x0,
+                    y: y0,
+                    w: x1 - x0,
+                    h: y1 - y0,
+                }
             });
             still_open.push(PendingText {
                 rule_id: hit.rule_id,
                 label: hit.label,
                 severity: hit.severity,
                 matched: hit.matched,
-                line: if line.is_empty() { joined.chars().take(200).collect() } else { line.to_string() },
+                line: if line.is_empty() {
+                    joined.chars().take(200).collect()
+                } else {
+                    line.to_string()
+                },
                 bbox,
                 confidence: 1.0,
                 start_ms: pts,
@@ -362,7 +490,12 @@ impl ScreenText {
 /// Silence: stretches of at least `min_ms` without speech, reported only while the camera shows
 /// someone (an empty room is `no_face`, not a silent class). Without a camera track, every long
 /// silence is reported.
-pub fn silence_spans(speech: &[(u64, u64)], audio_end_ms: u64, presence: &[(u64, bool)], min_ms: u64) -> Vec<(u64, u64)> {
+pub fn silence_spans(
+    speech: &[(u64, u64)],
+    audio_end_ms: u64,
+    presence: &[(u64, bool)],
+    min_ms: u64,
+) -> Vec<(u64, u64)> {
     let mut gaps = Vec::new();
     let mut cursor = 0u64;
     for &(s, e) in speech {
@@ -422,7 +555,10 @@ mod tests {
         let presence: Vec<(u64, bool)> = (0..300).map(|s| (s * 1000, s < 200)).collect();
         let spans = silence_spans(&[(0, 10_000)], 300_000, &presence, 120_000);
         assert_eq!(spans, vec![(10_000, 200_000)]);
-        assert_eq!(silence_spans(&[(0, 10_000)], 300_000, &[], 120_000), vec![(10_000, 300_000)]);
+        assert_eq!(
+            silence_spans(&[(0, 10_000)], 300_000, &[], 120_000),
+            vec![(10_000, 300_000)]
+        );
         assert!(silence_spans(&[(0, 290_000)], 300_000, &[], 120_000).is_empty());
     }
 }

@@ -34,7 +34,10 @@ use crate::models::whisper::Whisper;
 use crate::models::{ModelHome, ModelOptions};
 use crate::policy::{self, Policy};
 use crate::slice::{self, KeepReason, Role, SliceOptions, SliceOutput, SliceReport};
-use crate::verdict::{self, Decision, Finding, ModelRef, ModelUse, PolicyRef, RecordingInfo, StageStats, Stats, Verdict};
+use crate::verdict::{
+    self, Decision, Finding, ModelRef, ModelUse, PolicyRef, RecordingInfo, StageStats, Stats,
+    Verdict,
+};
 use evidence::EvidenceSink;
 use findings::{FindingContext, VisualFindings};
 use observe::{CallCounter, CameraObservation, Observation};
@@ -70,16 +73,27 @@ pub struct AuditModels {
 impl AuditModels {
     /// Loads the policy's models with one session per worker.
     pub fn load(policy: &Policy, home: &ModelHome, workers: usize) -> Result<Self, AuditError> {
-        let opts = ModelOptions { intra_threads: policy.models.threads.max(1), pool_size: workers.max(1), ..Default::default() };
+        let opts = ModelOptions {
+            intra_threads: policy.models.threads.max(1),
+            pool_size: workers.max(1),
+            ..Default::default()
+        };
         let kind = match policy.models.face_detector {
             policy::FaceDetector::Yunet => FaceDetectorKind::YuNet,
             policy::FaceDetector::Ultraface => FaceDetectorKind::UltraFace,
         };
         let nudity = match policy.models.nudity {
-            policy::NudityModel::OpenNsfw => NudityModel::OpenNsfw(NsfwClassifier::load(&home.open_nsfw(), &opts)?),
-            policy::NudityModel::Nudenet => NudityModel::NudeNet(NudeNetDetector::load(&home.nudenet(), &opts)?),
+            policy::NudityModel::OpenNsfw => {
+                NudityModel::OpenNsfw(NsfwClassifier::load(&home.open_nsfw(), &opts)?)
+            }
+            policy::NudityModel::Nudenet => {
+                NudityModel::NudeNet(NudeNetDetector::load(&home.nudenet(), &opts)?)
+            }
         };
-        let single = ModelOptions { pool_size: 1, ..opts.clone() };
+        let single = ModelOptions {
+            pool_size: 1,
+            ..opts.clone()
+        };
         let whisper = match policy.models.whisper {
             policy::WhisperModel::Off => None,
             policy::WhisperModel::TinyEn => Some(Whisper::load(home, &single)?),
@@ -103,27 +117,57 @@ impl AuditModels {
 
     fn nudity_ref(&self) -> ModelRef {
         match &self.nudity {
-            NudityModel::OpenNsfw(m) => ModelRef { id: m.id().into(), sha256: m.sha256().into() },
-            NudityModel::NudeNet(m) => ModelRef { id: m.id().into(), sha256: m.sha256().into() },
+            NudityModel::OpenNsfw(m) => ModelRef {
+                id: m.id().into(),
+                sha256: m.sha256().into(),
+            },
+            NudityModel::NudeNet(m) => ModelRef {
+                id: m.id().into(),
+                sha256: m.sha256().into(),
+            },
         }
     }
 
     /// Every model that can take part, by role: what the verdict cites.
     pub fn uses(&self) -> Vec<ModelUse> {
         let mut v = vec![
-            ModelUse { role: "face_detector".into(), id: self.face_detector.id().into(), sha256: self.face_detector.sha256().into() },
-            ModelUse { role: "face_embedder".into(), id: self.face_embedder.id().into(), sha256: self.face_embedder.sha256().into() },
+            ModelUse {
+                role: "face_detector".into(),
+                id: self.face_detector.id().into(),
+                sha256: self.face_detector.sha256().into(),
+            },
+            ModelUse {
+                role: "face_embedder".into(),
+                id: self.face_embedder.id().into(),
+                sha256: self.face_embedder.sha256().into(),
+            },
         ];
         let n = self.nudity_ref();
-        v.push(ModelUse { role: "nudity".into(), id: n.id, sha256: n.sha256 });
+        v.push(ModelUse {
+            role: "nudity".into(),
+            id: n.id,
+            sha256: n.sha256,
+        });
         if let Some(o) = &self.ocr {
-            v.push(ModelUse { role: "ocr".into(), id: o.id().into(), sha256: o.sha256() });
+            v.push(ModelUse {
+                role: "ocr".into(),
+                id: o.id().into(),
+                sha256: o.sha256(),
+            });
         }
         if let Some(m) = &self.vad {
-            v.push(ModelUse { role: "vad".into(), id: m.id().into(), sha256: m.sha256().into() });
+            v.push(ModelUse {
+                role: "vad".into(),
+                id: m.id().into(),
+                sha256: m.sha256().into(),
+            });
         }
         if let Some(m) = &self.whisper {
-            v.push(ModelUse { role: "asr".into(), id: m.id().into(), sha256: m.sha256().into() });
+            v.push(ModelUse {
+                role: "asr".into(),
+                id: m.id().into(),
+                sha256: m.sha256().into(),
+            });
         }
         v
     }
@@ -182,14 +226,22 @@ enum PendingState {
 
 /// Audits one recording. Never panics on bad input: a recording that cannot be read at all gives
 /// `Err`, which the caller turns into an error verdict.
-pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> Result<AuditOutcome, AuditError> {
+pub fn audit(
+    models: &AuditModels,
+    policy: &Policy,
+    req: &AuditRequest<'_>,
+) -> Result<AuditOutcome, AuditError> {
     let started = Instant::now();
-    std::fs::create_dir_all(&req.out_dir).map_err(|e| slice::SliceError::Io(format!("{}: {e}", req.out_dir.display())))?;
+    std::fs::create_dir_all(&req.out_dir)
+        .map_err(|e| slice::SliceError::Io(format!("{}: {e}", req.out_dir.display())))?;
     let opts = SliceOptions {
         sampling: policy.sampling.clone(),
         role: req.role,
         limits: slice_limits(policy),
-        demux_limits: crate::demux::DemuxLimits { max_tracks: policy.limits.max_tracks.max(1) as usize, ..Default::default() },
+        demux_limits: crate::demux::DemuxLimits {
+            max_tracks: policy.limits.max_tracks.max(1) as usize,
+            ..Default::default()
+        },
         mic_path: Some(req.out_dir.join("mic.webm")),
         decode_audio: models.vad.is_some(),
         ..SliceOptions::default()
@@ -202,13 +254,26 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
     let mut ev_speech = EvidenceSink::new(&req.out_dir);
     let ctx = FindingContext {
         policy,
-        face_model: ModelRef { id: models.face_detector.id().into(), sha256: models.face_detector.sha256().into() },
-        embed_model: ModelRef { id: models.face_embedder.id().into(), sha256: models.face_embedder.sha256().into() },
+        face_model: ModelRef {
+            id: models.face_detector.id().into(),
+            sha256: models.face_detector.sha256().into(),
+        },
+        embed_model: ModelRef {
+            id: models.face_embedder.id().into(),
+            sha256: models.face_embedder.sha256().into(),
+        },
         nudity_model: models.nudity_ref(),
-        ocr_model: models.ocr.as_ref().map(|o| ModelRef { id: o.id().into(), sha256: o.sha256() }).unwrap_or(ModelRef {
-            id: "none".into(),
-            sha256: String::new(),
-        }),
+        ocr_model: models
+            .ocr
+            .as_ref()
+            .map(|o| ModelRef {
+                id: o.id().into(),
+                sha256: o.sha256(),
+            })
+            .unwrap_or(ModelRef {
+                id: "none".into(),
+                sha256: String::new(),
+            }),
         camera_interval_ms: policy.sampling.camera.interval_ms,
     };
     let mut visual = VisualFindings::new(&ctx);
@@ -234,14 +299,23 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
                     let t0 = Instant::now();
                     let obs = match job.kind {
                         JobKind::Camera => {
-                            observe::observe_camera(models, policy, templates, &job.image, &calls).map(Observation::Camera)
+                            observe::observe_camera(models, policy, templates, &job.image, &calls)
+                                .map(Observation::Camera)
                         }
                         JobKind::Desktop { ocr } => {
-                            observe::observe_desktop(models, &job.image, ocr, &calls).map(Observation::Desktop)
+                            observe::observe_desktop(models, &job.image, ocr, &calls)
+                                .map(Observation::Desktop)
                         }
                     };
                     let busy_ms = t0.elapsed().as_millis() as u64;
-                    if done_tx.send(Done { seq: job.seq, obs, busy_ms }).is_err() {
+                    if done_tx
+                        .send(Done {
+                            seq: job.seq,
+                            obs,
+                            busy_ms,
+                        })
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -280,8 +354,12 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
                             visual.camera(&ctx, p.pts, &obs, &p.image, &mut ev_visual);
                         }
                     }
-                    PendingState::Ready(Ok(Observation::Desktop(obs))) => visual.desktop(&ctx, p.pts, &obs, &p.image, &mut ev_visual),
-                    PendingState::Ready(Err(e)) => slice_errors.push(format!("{} slice at {} ms: {e}", p.role.as_str(), p.pts)),
+                    PendingState::Ready(Ok(Observation::Desktop(obs))) => {
+                        visual.desktop(&ctx, p.pts, &obs, &p.image, &mut ev_visual)
+                    }
+                    PendingState::Ready(Err(e)) => {
+                        slice_errors.push(format!("{} slice at {} ms: {e}", p.role.as_str(), p.pts))
+                    }
                     PendingState::Waiting => unreachable!("checked above"),
                 }
             }
@@ -293,7 +371,11 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
             }
             let mut handle_done = |d: Done, pending: &mut BTreeMap<u64, Pending>| {
                 if let Some(p) = pending.get_mut(&d.seq) {
-                    let key = if p.role == Role::Desktop { "desktop_models" } else { "camera_models" };
+                    let key = if p.role == Role::Desktop {
+                        "desktop_models"
+                    } else {
+                        "camera_models"
+                    };
                     let e = stage_ms.entry(key).or_default();
                     e.0 += d.busy_ms;
                     e.1 += 1;
@@ -359,11 +441,19 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
             } else {
                 break;
             }
-            emit(&mut pending, &mut emit_seq, &mut last_camera, &mut visual, &mut slice_errors);
+            emit(
+                &mut pending,
+                &mut emit_seq,
+                &mut last_camera,
+                &mut visual,
+                &mut slice_errors,
+            );
         }
         drop(job_tx);
         drop(audio_tx);
-        let slice_result = slicer.join().unwrap_or_else(|_| Err(slice::SliceError::Decode("slicing thread panicked".into())));
+        let slice_result = slicer
+            .join()
+            .unwrap_or_else(|_| Err(slice::SliceError::Decode("slicing thread panicked".into())));
         let speech = speech.join().unwrap_or_default();
         (speech, slice_result)
     });
@@ -376,8 +466,16 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
     found.extend(speech_result.findings.iter().cloned());
     if models.vad.is_some() && report.audio.is_some() {
         let min_ms = (policy.speech.silence_min_s * 1000.0) as u64;
-        let vad = models.vad.as_ref().map(|v| ModelRef { id: v.id().into(), sha256: v.sha256().into() });
-        for (s, e) in findings::silence_spans(&speech_result.speech, speech_result.audio_end_ms, &visual.presence, min_ms) {
+        let vad = models.vad.as_ref().map(|v| ModelRef {
+            id: v.id().into(),
+            sha256: v.sha256().into(),
+        });
+        for (s, e) in findings::silence_spans(
+            &speech_result.speech,
+            speech_result.audio_end_ms,
+            &visual.presence,
+            min_ms,
+        ) {
             found.push(Finding {
                 label: "silence".into(),
                 severity: Default::default(),
@@ -388,20 +486,34 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
                 model: vad.clone().expect("vad present"),
                 rule_id: "speech.silence".into(),
                 evidence: Default::default(),
-                reason: format!("no speech for {:.0} s while the class was on camera", (e - s) as f64 / 1000.0),
+                reason: format!(
+                    "no speech for {:.0} s while the class was on camera",
+                    (e - s) as f64 / 1000.0
+                ),
             });
         }
     }
     for f in &mut found {
-        if !f.rule_id.contains("contact") && !f.rule_id.contains("payment") && !f.rule_id.contains("profan") {
+        if !f.rule_id.contains("contact")
+            && !f.rule_id.contains("payment")
+            && !f.rule_id.contains("profan")
+        {
             f.severity = policy.decision.severity_for(&f.label);
         }
     }
-    found.sort_by(|a, b| (a.start_ms, a.track.as_str(), &a.label).cmp(&(b.start_ms, b.track.as_str(), &b.label)));
+    found.sort_by(|a, b| {
+        (a.start_ms, a.track.as_str(), &a.label).cmp(&(b.start_ms, b.track.as_str(), &b.label))
+    });
 
     let mut partial_reason = report.partial_reason.clone();
     if !slice_errors.is_empty() {
-        partial_reason.get_or_insert_with(|| format!("{} slices could not be analysed: {}", slice_errors.len(), slice_errors[0]));
+        partial_reason.get_or_insert_with(|| {
+            format!(
+                "{} slices could not be analysed: {}",
+                slice_errors.len(),
+                slice_errors[0]
+            )
+        });
     }
     if !errors.is_empty() {
         partial_reason.get_or_insert_with(|| errors[0].clone());
@@ -416,13 +528,43 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
         ..Default::default()
     };
     let frames_decoded: u64 = report.tracks.iter().map(|t| t.decoded).sum();
-    stats.stages.insert("demux".into(), StageStats { wall_ms: report.stages.demux_ms, frames: report.tracks.iter().map(|t| t.frames).sum() });
-    stats.stages.insert("video_slicing".into(), StageStats { wall_ms: report.stages.video_ms, frames: frames_decoded });
-    stats.stages.insert("audio_decode".into(), StageStats { wall_ms: report.stages.audio_ms, frames: 0 });
+    stats.stages.insert(
+        "demux".into(),
+        StageStats {
+            wall_ms: report.stages.demux_ms,
+            frames: report.tracks.iter().map(|t| t.frames).sum(),
+        },
+    );
+    stats.stages.insert(
+        "video_slicing".into(),
+        StageStats {
+            wall_ms: report.stages.video_ms,
+            frames: frames_decoded,
+        },
+    );
+    stats.stages.insert(
+        "audio_decode".into(),
+        StageStats {
+            wall_ms: report.stages.audio_ms,
+            frames: 0,
+        },
+    );
     for (k, (ms, n)) in stage_ms {
-        stats.stages.insert(k.into(), StageStats { wall_ms: ms, frames: n });
+        stats.stages.insert(
+            k.into(),
+            StageStats {
+                wall_ms: ms,
+                frames: n,
+            },
+        );
     }
-    stats.stages.insert("speech".into(), StageStats { wall_ms: speech_result.busy_ms, frames: speech_result.whisper_windows });
+    stats.stages.insert(
+        "speech".into(),
+        StageStats {
+            wall_ms: speech_result.busy_ms,
+            frames: speech_result.whisper_windows,
+        },
+    );
     let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut model_calls = BTreeMap::new();
     model_calls.insert(models.face_detector.id().to_string(), c(&calls.face_detect));
@@ -436,7 +578,10 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
     }
     if let Some(w) = &models.whisper {
         model_calls.insert(w.id().to_string(), speech_result.whisper_windows);
-        gate_savings.insert("whisper_speech_only".into(), speech_result.skipped_audio_ms / 30_000);
+        gate_savings.insert(
+            "whisper_speech_only".into(),
+            speech_result.skipped_audio_ms / 30_000,
+        );
     }
     stats.model_calls = model_calls;
     stats.gate_savings = gate_savings;
@@ -462,11 +607,21 @@ pub fn audit(models: &AuditModels, policy: &Policy, req: &AuditRequest<'_>) -> R
         models: models.uses(),
         created_at: verdict::now_rfc3339(),
     };
-    Ok(AuditOutcome { verdict, evidence, slice_report: Some(report) })
+    Ok(AuditOutcome {
+        verdict,
+        evidence,
+        slice_report: Some(report),
+    })
 }
 
 /// The verdict for a recording that could not be audited at all.
-pub fn error_verdict(rec: &Recording, sha256: &str, policy: &Policy, models: &AuditModels, error: String) -> Verdict {
+pub fn error_verdict(
+    rec: &Recording,
+    sha256: &str,
+    policy: &Policy,
+    models: &AuditModels,
+    error: String,
+) -> Verdict {
     Verdict {
         schema_version: SCHEMA_VERSION,
         recording: RecordingInfo {

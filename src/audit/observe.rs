@@ -19,9 +19,13 @@ pub enum Identity {
     NotChecked,
     NoFace,
     /// A face matched the teacher's template.
-    Teacher { similarity: f32 },
+    Teacher {
+        similarity: f32,
+    },
     /// Faces good enough to judge were seen and none is the teacher.
-    Mismatch { best_similarity: f32 },
+    Mismatch {
+        best_similarity: f32,
+    },
     /// Faces were seen but none was large or sharp enough to judge: unknown, not a mismatch.
     Unverified,
 }
@@ -71,7 +75,10 @@ pub fn observe_camera(
 ) -> Result<CameraObservation, String> {
     let fp = &policy.face;
     CallCounter::bump(&calls.face_detect);
-    let mut faces = models.face_detector.detect(image).map_err(|e| e.to_string())?;
+    let mut faces = models
+        .face_detector
+        .detect(image)
+        .map_err(|e| e.to_string())?;
     faces.retain(|f| f.score >= fp.detection_score_min);
     faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
     let identity = if templates.is_empty() {
@@ -86,8 +93,14 @@ pub fn observe_camera(
                 continue;
             }
             CallCounter::bump(&calls.face_embed);
-            let emb = models.face_embedder.embed(image, face).map_err(|e| e.to_string())?;
-            let sim = templates.iter().map(|t| crate::models::embed::cosine(t, &emb)).fold(f32::MIN, f32::max);
+            let emb = models
+                .face_embedder
+                .embed(image, face)
+                .map_err(|e| e.to_string())?;
+            let sim = templates
+                .iter()
+                .map(|t| crate::models::embed::cosine(t, &emb))
+                .fold(f32::MIN, f32::max);
             best = Some(best.map_or(sim, |b| b.max(sim)));
             if sim >= fp.identity_threshold {
                 break;
@@ -100,7 +113,11 @@ pub fn observe_camera(
         }
     };
     let nudity = nudity_score(models, image, calls)?;
-    Ok(CameraObservation { faces, identity, nudity })
+    Ok(CameraObservation {
+        faces,
+        identity,
+        nudity,
+    })
 }
 
 /// Runs the desktop models on one slice; OCR only when `run_ocr` (the slide is new).
@@ -121,14 +138,21 @@ pub fn observe_desktop(
     Ok(DesktopObservation { nudity, ocr })
 }
 
-fn nudity_score(models: &AuditModels, image: &RgbImage, calls: &Arc<CallCounter>) -> Result<Option<f32>, String> {
+fn nudity_score(
+    models: &AuditModels,
+    image: &RgbImage,
+    calls: &Arc<CallCounter>,
+) -> Result<Option<f32>, String> {
     CallCounter::bump(&calls.nudity);
     match &models.nudity {
         super::NudityModel::OpenNsfw(m) => m.score(image).map(Some).map_err(|e| e.to_string()),
         super::NudityModel::NudeNet(m) => {
             let dets = m.detect(image).map_err(|e| e.to_string())?;
             Ok(Some(
-                dets.iter().filter(|d| d.label.ends_with("_EXPOSED") && is_sexual(d.label)).map(|d| d.score).fold(0.0, f32::max),
+                dets.iter()
+                    .filter(|d| d.label.ends_with("_EXPOSED") && is_sexual(d.label))
+                    .map(|d| d.score)
+                    .fold(0.0, f32::max),
             ))
         }
     }
@@ -136,7 +160,10 @@ fn nudity_score(models: &AuditModels, image: &RgbImage, calls: &Arc<CallCounter>
 
 /// NudeNet classes that count as nudity (faces and covered parts do not).
 fn is_sexual(label: &str) -> bool {
-    ["GENITALIA", "BREAST_EXPOSED", "BUTTOCKS", "ANUS"].iter().any(|k| label.contains(k)) && !label.starts_with("MALE_BREAST")
+    ["GENITALIA", "BREAST_EXPOSED", "BUTTOCKS", "ANUS"]
+        .iter()
+        .any(|k| label.contains(k))
+        && !label.starts_with("MALE_BREAST")
 }
 
 /// Variance of the Laplacian of the face crop's luma: low means blurred (or tiny, upscaled).
@@ -156,7 +183,8 @@ pub fn face_blur(image: &RgbImage, face: &Face) -> f32 {
     let (mut sum, mut sum2, mut n) = (0.0f64, 0.0f64, 0u32);
     for y in y0 + 1..y1 - 1 {
         for x in x0 + 1..x1 - 1 {
-            let l = luma(x - 1, y) + luma(x + 1, y) + luma(x, y - 1) + luma(x, y + 1) - 4.0 * luma(x, y);
+            let l = luma(x - 1, y) + luma(x + 1, y) + luma(x, y - 1) + luma(x, y + 1)
+                - 4.0 * luma(x, y);
             sum += f64::from(l);
             sum2 += f64::from(l) * f64::from(l);
             n += 1;
@@ -199,7 +227,11 @@ mod tests {
             let v = if (x / 2 + y / 2) % 2 == 0 { 255 } else { 0 };
             *p = image::Rgb([v, v, v]);
         }
-        let face = Face { bbox: [0.0, 0.0, 64.0, 64.0], score: 1.0, landmarks: None };
+        let face = Face {
+            bbox: [0.0, 0.0, 64.0, 64.0],
+            score: 1.0,
+            landmarks: None,
+        };
         assert!(face_blur(&img, &face) > 1000.0);
         let flat = RgbImage::from_pixel(64, 64, image::Rgb([90, 90, 90]));
         assert_eq!(face_blur(&flat, &face), 0.0);

@@ -51,18 +51,27 @@ impl Buffer {
         self.base + self.samples.len() as u64
     }
     fn range(&self, start: u64, end: u64) -> &[f32] {
-        let s = start.saturating_sub(self.base).min(self.samples.len() as u64) as usize;
+        let s = start
+            .saturating_sub(self.base)
+            .min(self.samples.len() as u64) as usize;
         let e = end.saturating_sub(self.base).min(self.samples.len() as u64) as usize;
         &self.samples[s..e.max(s)]
     }
     fn drop_before(&mut self, sample: u64) {
-        let n = sample.saturating_sub(self.base).min(self.samples.len() as u64) as usize;
+        let n = sample
+            .saturating_sub(self.base)
+            .min(self.samples.len() as u64) as usize;
         self.samples.drain(..n);
         self.base += n as u64;
     }
 }
 
-pub fn run(models: &AuditModels, policy: &Policy, rx: Receiver<AudioChunk>, ev: &mut EvidenceSink) -> SpeechResult {
+pub fn run(
+    models: &AuditModels,
+    policy: &Policy,
+    rx: Receiver<AudioChunk>,
+    ev: &mut EvidenceSink,
+) -> SpeechResult {
     let mut r = SpeechResult::default();
     let Some(vad) = &models.vad else {
         for _ in rx {}
@@ -72,9 +81,16 @@ pub fn run(models: &AuditModels, policy: &Policy, rx: Receiver<AudioChunk>, ev: 
     let mut stream = vad.stream();
     let mut buf: Option<Buffer> = None;
     let mut pending: Vec<SpeechSegment> = Vec::new();
-    let whisper_ref = models.whisper.as_ref().map(|w| ModelRef { id: w.id().to_string(), sha256: w.sha256().to_string() });
+    let whisper_ref = models.whisper.as_ref().map(|w| ModelRef {
+        id: w.id().to_string(),
+        sha256: w.sha256().to_string(),
+    });
     for chunk in rx {
-        let b = buf.get_or_insert_with(|| Buffer { offset_ms: chunk.start_ms.max(0) as u64, base: 0, samples: Vec::new() });
+        let b = buf.get_or_insert_with(|| Buffer {
+            offset_ms: chunk.start_ms.max(0) as u64,
+            base: 0,
+            samples: Vec::new(),
+        });
         b.samples.extend_from_slice(&chunk.samples);
         r.vad_chunks += (chunk.samples.len() as u64).div_ceil(512);
         match stream.feed(&chunk.samples) {
@@ -84,14 +100,32 @@ pub fn run(models: &AuditModels, policy: &Policy, rx: Receiver<AudioChunk>, ev: 
                 break;
             }
         }
-        flush(models, policy, b, &mut pending, false, whisper_ref.as_ref(), ev, &mut r);
+        flush(
+            models,
+            policy,
+            b,
+            &mut pending,
+            false,
+            whisper_ref.as_ref(),
+            ev,
+            &mut r,
+        );
     }
     if let Some(b) = buf.as_mut() {
         match stream.finish() {
             Ok(closed) => pending.extend(closed),
             Err(e) => r.errors.push(format!("vad: {e}")),
         }
-        flush(models, policy, b, &mut pending, true, whisper_ref.as_ref(), ev, &mut r);
+        flush(
+            models,
+            policy,
+            b,
+            &mut pending,
+            true,
+            whisper_ref.as_ref(),
+            ev,
+            &mut r,
+        );
         r.audio_end_ms = b.offset_ms + b.end() * 1000 / RATE;
         let speech_ms: u64 = r.speech.iter().map(|(s, e)| e - s).sum();
         r.skipped_audio_ms = (b.end() * 1000 / RATE).saturating_sub(speech_ms);
@@ -115,21 +149,26 @@ fn flush(
     // Transcribe a group when it is long enough, when speech stopped a while ago, or at the end.
     let ready = match (pending.first(), pending.last()) {
         (Some(first), Some(last)) => {
-            at_end || last.end_ms - first.start_ms >= GROUP_MS || buffered_ms.saturating_sub(last.end_ms) > 2_000
+            at_end
+                || last.end_ms - first.start_ms >= GROUP_MS
+                || buffered_ms.saturating_sub(last.end_ms) > 2_000
         }
         _ => false,
     };
     if ready {
         let group: Vec<SpeechSegment> = std::mem::take(pending);
         for s in &group {
-            r.speech.push((b.offset_ms + s.start_ms, b.offset_ms + s.end_ms));
+            r.speech
+                .push((b.offset_ms + s.start_ms, b.offset_ms + s.end_ms));
         }
         transcribe_group(models, policy, b, &group, whisper_ref, ev, r);
     }
     // The VAD reports a segment only once it has ended, so keep enough history for speech that is
     // still going on, and everything from the oldest segment not yet transcribed.
     let history_from = buffered_ms.saturating_sub(MAX_BUFFER_MS);
-    let keep_from_ms = pending.first().map_or(history_from, |s| s.start_ms.min(history_from));
+    let keep_from_ms = pending
+        .first()
+        .map_or(history_from, |s| s.start_ms.min(history_from));
     b.drop_before(keep_from_ms * RATE / 1000);
 }
 
@@ -142,7 +181,9 @@ fn transcribe_group(
     ev: &mut EvidenceSink,
     r: &mut SpeechResult,
 ) {
-    let (Some(whisper), Some(model)) = (&models.whisper, whisper_ref) else { return };
+    let (Some(whisper), Some(model)) = (&models.whisper, whisper_ref) else {
+        return;
+    };
     let start_ms = group[0].start_ms;
     let end_ms = group.last().map(|s| s.end_ms).unwrap_or(start_ms);
     let start_sample = start_ms * RATE / 1000;
@@ -150,8 +191,13 @@ fn transcribe_group(
     if samples.is_empty() {
         return;
     }
-    let regions: Vec<SpeechSegment> =
-        group.iter().map(|s| SpeechSegment { start_ms: s.start_ms - start_ms, end_ms: s.end_ms - start_ms }).collect();
+    let regions: Vec<SpeechSegment> = group
+        .iter()
+        .map(|s| SpeechSegment {
+            start_ms: s.start_ms - start_ms,
+            end_ms: s.end_ms - start_ms,
+        })
+        .collect();
     r.whisper_windows += 1;
     let transcript = match whisper.transcribe_regions(samples, &regions) {
         Ok(t) => t,
@@ -164,10 +210,18 @@ fn transcribe_group(
     let segs: Vec<TranscriptSegment> = transcript
         .segments
         .into_iter()
-        .map(|s| TranscriptSegment { start_ms: abs + s.start_ms, end_ms: abs + s.end_ms, text: s.text })
+        .map(|s| TranscriptSegment {
+            start_ms: abs + s.start_ms,
+            end_ms: abs + s.end_ms,
+            text: s.text,
+        })
         .collect();
     // Scan each segment, and the whole group (a phrase can straddle two segments).
-    let whole: String = segs.iter().map(|s| s.text.trim()).collect::<Vec<_>>().join(" ");
+    let whole: String = segs
+        .iter()
+        .map(|s| s.text.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut seen: Vec<(String, String)> = Vec::new();
     let mut hits = Vec::new();
     for s in &segs {
@@ -179,11 +233,16 @@ fn transcribe_group(
         hits.push((h, abs, abs + (end_ms - start_ms), whole.clone()));
     }
     for (hit, s, e, excerpt) in hits {
-        if seen.iter().any(|(id, m)| *id == hit.rule_id && (m.contains(&hit.matched) || hit.matched.contains(m.as_str()))) {
+        if seen.iter().any(|(id, m)| {
+            *id == hit.rule_id && (m.contains(&hit.matched) || hit.matched.contains(m.as_str()))
+        }) {
             continue;
         }
         seen.push((hit.rule_id.clone(), hit.matched.clone()));
-        let clip = b.range(start_sample.max((s - b.offset_ms) * RATE / 1000), (e - b.offset_ms) * RATE / 1000);
+        let clip = b.range(
+            start_sample.max((s - b.offset_ms) * RATE / 1000),
+            (e - b.offset_ms) * RATE / 1000,
+        );
         let audio_clip = match ev.audio(&hit.label, s, clip) {
             Ok(p) => Some(p),
             Err(err) => {
@@ -206,7 +265,11 @@ fn transcribe_group(
                 transcript_excerpt: Some(excerpt.chars().take(max).collect()),
                 ..Default::default()
             },
-            reason: format!("{} '{}' said on the microphone", describe_label(&hit.label), redact(&hit.matched)),
+            reason: format!(
+                "{} '{}' said on the microphone",
+                describe_label(&hit.label),
+                redact(&hit.matched)
+            ),
         });
     }
     r.transcript.extend(segs);

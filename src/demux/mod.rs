@@ -204,7 +204,13 @@ pub struct Demuxer {
     pending: VecDeque<Event>,
     frames: u64,
     error: Option<DemuxError>,
+    /// Where a second, concatenated file began (its bytes are counted, not parsed).
+    second_file_at: Option<u64>,
 }
+
+/// Bytes `not_matroska_reason` looks at. Non-Matroska input is reported once this much has
+/// arrived (or at `finish`), so the reason is the same however the input was chunked.
+const SNIFF_BYTES: usize = 64 << 10;
 
 enum Step {
     NeedMore,
@@ -237,6 +243,7 @@ impl Demuxer {
             pending: VecDeque::new(),
             frames: 0,
             error: None,
+            second_file_at: None,
         }
     }
 
@@ -252,6 +259,11 @@ impl Demuxer {
 
     /// Appends bytes. Bytes inside a skipped element are dropped without being buffered.
     pub fn push(&mut self, mut data: &[u8]) {
+        if self.phase == Phase::Done {
+            // Nothing more is parsed (an error, or a concatenated second file): count, don't keep.
+            self.base += data.len() as u64;
+            return;
+        }
         if self.skip > 0 && self.pos == self.buf.len() {
             let n = self.skip.min(data.len() as u64) as usize;
             self.skip -= n as u64;
@@ -313,7 +325,16 @@ impl Demuxer {
         }
         let mut truncated = None;
         let leftover = self.buf.len() - self.pos;
-        if self.skip > 0 {
+        if let Some(at) = self.second_file_at {
+            truncated = Some(Truncation {
+                at_byte: at,
+                inside: "Segment".to_string(),
+                reason: format!(
+                    "a second EBML header (concatenated file) begins at byte {at}; its {} bytes were not read",
+                    bytes - at
+                ),
+            });
+        } else if self.skip > 0 {
             let (id, at) = self.skipping.unwrap_or((0, self.offset()));
             truncated = Some(Truncation {
                 at_byte: bytes,
@@ -378,7 +399,7 @@ impl Demuxer {
 
     /// The most helpful one-line reason for a stream that never showed an EBML header.
     fn not_matroska_reason(&self) -> DemuxError {
-        let head = &self.buf[..self.buf.len().min(64 << 10)];
+        let head = &self.buf[..self.buf.len().min(SNIFF_BYTES)];
         if head.len() >= 8 && &head[4..8] == b"ftyp" {
             return DemuxError::NotMatroska(
                 "this is an MP4/ISO-BMFF file (ftyp box), not WebM".into(),
@@ -420,9 +441,14 @@ impl Demuxer {
             return Ok(Step::NeedMore);
         }
         if self.phase == Phase::Start {
-            // Decide early on obvious non-Matroska input instead of waiting for more bytes.
-            if rest.len() >= 4 && rest[..4] != [0x1A, 0x45, 0xDF, 0xA3] {
-                return Err(self.not_matroska_reason());
+            // Non-Matroska input: decided on the first SNIFF_BYTES (or at finish), not on whatever
+            // the first chunk held, so that the reason does not depend on the chunking.
+            let n = rest.len().min(4);
+            if rest[..n] != [0x1A, 0x45, 0xDF, 0xA3][..n] {
+                if self.buf.len() >= SNIFF_BYTES {
+                    return Err(self.not_matroska_reason());
+                }
+                return Ok(Step::NeedMore);
             }
         }
         let (id, id_len) = match read_id(rest) {
@@ -445,6 +471,7 @@ impl Demuxer {
                 self.stack.pop();
                 if id == ids::EBML && closed == ids::SEGMENT {
                     self.phase = Phase::Done; // a second, concatenated file: we audit the first
+                    self.second_file_at = Some(at);
                 }
                 return Ok(Step::Progress);
             }
@@ -628,7 +655,11 @@ impl Demuxer {
         self.pending.push_back(Event::Header(StreamHeader {
             doc_type: self.doc_type.clone(),
             timestamp_scale_ns: self.timestamp_scale,
-            duration_ms: self.duration.map(|d| d * scale / 1e6),
+            // A NaN, infinite or negative Duration is no duration (and NaN would compare unequal).
+            duration_ms: self
+                .duration
+                .map(|d| d * scale / 1e6)
+                .filter(|d| d.is_finite() && *d >= 0.0),
             tracks: self.tracks.clone(),
         }));
     }
@@ -681,9 +712,26 @@ impl Demuxer {
             reason: "block before the cluster timestamp".into(),
         })?;
         let scale = self.timestamp_scale as i64;
-        let mut pts_ns = (cluster_ts + i64::from(header.relative_ts)).saturating_mul(scale);
+        // A cluster timestamp near i64::MAX plus a positive relative one must not overflow.
+        let mut pts_ns = cluster_ts
+            .saturating_add(i64::from(header.relative_ts))
+            .saturating_mul(scale);
         let flag_key = group_keyframe.unwrap_or(header.keyframe_flag());
         let lace_count = header.frames.len() as u64;
+        // Header stripping puts the prefix back in front of every laced frame: a large prefix
+        // times 256 frames must stay within the frame limit, like the block itself.
+        let expanded = (track.strip_prefix.len() as u64).saturating_mul(lace_count);
+        if expanded > self.limits.max_frame_bytes {
+            return Err(DemuxError::Malformed {
+                what: "block",
+                at,
+                reason: format!(
+                    "{lace_count} frames with a {}-byte stripped header would add {expanded} bytes, over the frame limit of {}",
+                    track.strip_prefix.len(),
+                    self.limits.max_frame_bytes
+                ),
+            });
+        }
         let block_duration_ns = group_duration.map(|d| d.saturating_mul(self.timestamp_scale));
         for &(off, len) in &header.frames {
             let mut bytes = Vec::with_capacity(track.strip_prefix.len() + len);
@@ -706,7 +754,9 @@ impl Demuxer {
                 data: bytes,
             }));
             self.frames += 1;
-            pts_ns = pts_ns.saturating_add(duration_ns.unwrap_or(0) as i64);
+            // A DefaultDuration over i64::MAX ns must not wrap to a negative step.
+            pts_ns =
+                pts_ns.saturating_add(i64::try_from(duration_ns.unwrap_or(0)).unwrap_or(i64::MAX));
         }
         Ok(())
     }

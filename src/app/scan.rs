@@ -1,0 +1,518 @@
+//! `classguard scan`: recordings in, one verdict per recording out (JSON file, store row, optional
+//! JSON line on stdout), resumable and safe to run twice or in parallel over the same output.
+//!
+//! Crash safety: every file is written atomically; a recording whose `verdict.json` already holds
+//! the same idempotency key (content sha256 + policy fingerprint + model hashes) is skipped; a
+//! per-recording lock file (created exclusively, holding the owner's pid) keeps two processes from
+//! auditing the same recording at once, and a lock whose owner died is taken over.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::audit::{self, AuditModels, AuditRequest};
+use crate::ingest::{self, Recording};
+use crate::models::ModelHome;
+use crate::policy::Policy;
+use crate::sink::write_json_atomic;
+use crate::slice::Role;
+use crate::store::Store;
+use crate::verdict::{Decision, Verdict};
+
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    pub inputs: Vec<PathBuf>,
+    pub teacher: Option<String>,
+    pub policy: Option<PathBuf>,
+    pub out: PathBuf,
+    pub store: Option<PathBuf>,
+    pub session: Option<String>,
+    pub role: Option<Role>,
+    /// Recordings audited at the same time.
+    pub jobs: usize,
+    /// Model workers per recording.
+    pub workers: usize,
+    /// Print each verdict as one JSON line on stdout.
+    pub jsonl: bool,
+}
+
+/// Problems with the command line or the set-up rather than with a recording (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ScanSetupError {
+    #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Models(String),
+    #[error("teacher {0:?} has no enrolled face template for {1}; run `classguard enroll --teacher {0} PHOTO`")]
+    NoTemplate(String, String),
+    #[error("{0}")]
+    Output(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowStatus {
+    Audited,
+    /// Already audited with the same content, policy and models.
+    Skipped,
+    /// Another process holds the recording's lock.
+    Busy,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub recording_id: String,
+    pub session: String,
+    pub status: RowStatus,
+    pub decision: Option<Decision>,
+    pub findings: usize,
+    pub partial: bool,
+    pub realtime_factor: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ScanSummary {
+    pub rows: Vec<Row>,
+}
+
+impl ScanSummary {
+    pub fn failed(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| r.status == RowStatus::Failed)
+            .count()
+    }
+
+    /// A plain table, one line per recording, then one line per session with its strictest decision.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<22} {:<18} {:<8} {:<7} {:>8} {:>7} {}\n",
+            "RECORDING", "SESSION", "STATUS", "VERDICT", "FINDINGS", "RTF", "NOTE"
+        );
+        for r in &self.rows {
+            let status = match r.status {
+                RowStatus::Audited => "audited",
+                RowStatus::Skipped => "skipped",
+                RowStatus::Busy => "busy",
+                RowStatus::Failed => "FAILED",
+            };
+            let note = r.error.clone().unwrap_or_else(|| {
+                if r.partial {
+                    "partial".into()
+                } else {
+                    String::new()
+                }
+            });
+            s += &format!(
+                "{:<22} {:<18} {:<8} {:<7} {:>8} {:>7} {}\n",
+                r.recording_id,
+                truncate(&r.session, 18),
+                status,
+                r.decision.map(|d| d.as_str()).unwrap_or("-"),
+                r.findings,
+                if r.realtime_factor > 0.0 {
+                    format!("{:.1}x", r.realtime_factor)
+                } else {
+                    "-".into()
+                },
+                note
+            );
+        }
+        let mut sessions: Vec<(&str, Decision)> = Vec::new();
+        for r in &self.rows {
+            let d = r.decision.unwrap_or(Decision::Error);
+            match sessions.iter_mut().find(|(s, _)| *s == r.session) {
+                Some((_, best)) => *best = strictest(*best, d),
+                None => sessions.push((&r.session, d)),
+            }
+        }
+        for (session, d) in sessions {
+            s += &format!("session {session}: {}\n", d.as_str());
+        }
+        s += &format!(
+            "{} recordings: {} audited, {} skipped, {} busy, {} failed\n",
+            self.rows.len(),
+            self.rows
+                .iter()
+                .filter(|r| r.status == RowStatus::Audited)
+                .count(),
+            self.rows
+                .iter()
+                .filter(|r| r.status == RowStatus::Skipped)
+                .count(),
+            self.rows
+                .iter()
+                .filter(|r| r.status == RowStatus::Busy)
+                .count(),
+            self.failed()
+        );
+        s
+    }
+}
+
+fn strictest(a: Decision, b: Decision) -> Decision {
+    let rank = |d: Decision| match d {
+        Decision::Pass => 0,
+        Decision::Review => 1,
+        Decision::Block => 2,
+        Decision::Error => 3,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+/// The class session of a recording: `--session`, else the file stem without a role word
+/// ("class42-camera.webm" and "class42-screen.webm" are both "class42").
+pub fn session_of(rec: &Recording, explicit: Option<&str>) -> String {
+    if let Some(s) = explicit {
+        return s.to_string();
+    }
+    let name = rec.file_name();
+    let stem = name
+        .rsplit_once('.')
+        .map(|(s, _)| s)
+        .unwrap_or(&name)
+        .to_string();
+    const ROLE_WORDS: [&str; 11] = [
+        "camera",
+        "cam",
+        "webcam",
+        "screen",
+        "screenshare",
+        "desktop",
+        "whiteboard",
+        "share",
+        "mic",
+        "audio",
+        "video",
+    ];
+    let mut parts: Vec<&str> = stem.split(['-', '_', '.', ' ']).collect();
+    while parts.len() > 1
+        && parts
+            .last()
+            .is_some_and(|p| ROLE_WORDS.contains(&p.to_ascii_lowercase().as_str()))
+    {
+        parts.pop();
+    }
+    let joined = parts.join("-");
+    // The session name may be shown in tables; ids stay the only thing logged.
+    if joined.is_empty() {
+        rec.id.clone()
+    } else {
+        joined
+    }
+}
+
+/// sha256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// An exclusive per-recording lock: a file created with O_EXCL that holds our pid.
+struct RecordingLock {
+    path: PathBuf,
+}
+
+impl RecordingLock {
+    fn acquire(path: &Path) -> std::io::Result<Option<Self>> {
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    writeln!(f, "{}", std::process::id())?;
+                    return Ok(Some(Self {
+                        path: path.to_path_buf(),
+                    }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner: Option<u32> = std::fs::read_to_string(path)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok());
+                    let alive =
+                        owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                    if alive {
+                        return Ok(None);
+                    }
+                    // The owner died (e.g. kill -9): take the lock over.
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for RecordingLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Runs a scan. `Err` only for set-up problems; per-recording failures are rows.
+pub fn run(
+    opts: &ScanOptions,
+    mut on_verdict: impl FnMut(&Verdict) + Send,
+) -> Result<ScanSummary, ScanSetupError> {
+    let policy = Policy::load(opts.policy.as_deref())?;
+    let store = match &opts.store {
+        Some(p) => Store::open(p)?,
+        None => Store::open_default()?,
+    };
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| ScanSetupError::Output(format!("{}: {e}", opts.out.display())))?;
+    let jobs = opts.jobs.max(1);
+    let workers = opts.workers.max(1);
+    let home = ModelHome::locate();
+    let models = AuditModels::load(&policy, &home, jobs * workers)
+        .map_err(|e| ScanSetupError::Models(e.to_string()))?;
+    let templates = match &opts.teacher {
+        Some(t) => {
+            let model = models.face_embedder.id();
+            let found = store.templates_for(t, model)?;
+            if found.is_empty() {
+                return Err(ScanSetupError::NoTemplate(t.clone(), model.to_string()));
+            }
+            found
+        }
+        None => Vec::new(),
+    };
+    let (recordings, errors) = ingest::expand_inputs(&opts.inputs);
+    let mut summary = ScanSummary::default();
+    for e in errors {
+        eprintln!("error: {e}");
+        summary.rows.push(Row {
+            recording_id: "-".into(),
+            session: "-".into(),
+            status: RowStatus::Failed,
+            decision: None,
+            findings: 0,
+            partial: false,
+            realtime_factor: 0.0,
+            error: Some(e.to_string()),
+        });
+    }
+    let store = Mutex::new(store);
+    let next = AtomicUsize::new(0);
+    let rows: Mutex<Vec<(usize, Row)>> = Mutex::new(Vec::new());
+    let emit = Mutex::new(&mut on_verdict);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(recordings.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(rec) = recordings.get(i) else { break };
+                let session = session_of(rec, opts.session.as_deref());
+                let (row, verdict) = scan_one(
+                    rec, session, opts, &policy, &models, &templates, workers, &store,
+                );
+                if let Some(v) = &verdict {
+                    (emit.lock().unwrap_or_else(|p| p.into_inner()))(v);
+                }
+                rows.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((i, row));
+            });
+        }
+    });
+    let mut rows = rows.into_inner().unwrap_or_else(|p| p.into_inner());
+    rows.sort_by_key(|(i, _)| *i);
+    summary.rows.extend(rows.into_iter().map(|(_, r)| r));
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_one(
+    rec: &Recording,
+    session: String,
+    opts: &ScanOptions,
+    policy: &Policy,
+    models: &AuditModels,
+    templates: &[Vec<f32>],
+    workers: usize,
+    store: &Mutex<Store>,
+) -> (Row, Option<Verdict>) {
+    let mut row = Row {
+        recording_id: rec.id.clone(),
+        session,
+        status: RowStatus::Failed,
+        decision: None,
+        findings: 0,
+        partial: false,
+        realtime_factor: 0.0,
+        error: None,
+    };
+    let dir = opts.out.join(&rec.id);
+    let verdict_path = dir.join("verdict.json");
+    let sha = match file_sha256(&rec.path) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("{}: {e}", rec.path.display());
+            eprintln!("error: {msg}");
+            row.error = Some(msg);
+            return (row, None);
+        }
+    };
+    let key = audit::error_verdict(rec, &sha, policy, models, String::new()).idempotency_key();
+    if let Some(existing) = read_verdict(&verdict_path).filter(|v| v.idempotency_key() == key) {
+        info!(recording = %rec.id, "already audited with the same content, policy and models");
+        row.status = if existing.decision == Decision::Error {
+            RowStatus::Failed
+        } else {
+            RowStatus::Skipped
+        };
+        row.decision = Some(existing.decision);
+        row.findings = existing.findings.len();
+        row.partial = existing.recording.partial;
+        row.error = existing.recording.error.clone();
+        return (row, None);
+    }
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        row.error = Some(format!("{}: {e}", dir.display()));
+        return (row, None);
+    }
+    let lock = match RecordingLock::acquire(&opts.out.join(format!("{}.lock", rec.id))) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            info!(recording = %rec.id, "another process is auditing this recording");
+            row.status = RowStatus::Busy;
+            return (row, None);
+        }
+        Err(e) => {
+            row.error = Some(format!("lock: {e}"));
+            return (row, None);
+        }
+    };
+    info!(recording = %rec.id, sha256 = %sha, "auditing");
+    let req = AuditRequest {
+        recording: rec,
+        out_dir: dir.clone(),
+        templates: templates.to_vec(),
+        role: opts.role,
+        workers,
+    };
+    let (verdict, evidence) = match audit::audit(models, policy, &req) {
+        Ok(outcome) => (outcome.verdict, outcome.evidence),
+        Err(e) => {
+            let msg = format!("{}: {e}", rec.path.display());
+            eprintln!("error: {msg}");
+            warn!(recording = %rec.id, "audit failed");
+            (
+                audit::error_verdict(rec, &sha, policy, models, e.to_string()),
+                Vec::new(),
+            )
+        }
+    };
+    if let Err(e) = write_json_atomic(&verdict_path, &verdict) {
+        row.error = Some(e.to_string());
+        drop(lock);
+        return (row, Some(verdict));
+    }
+    {
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = store.put_verdict(&verdict) {
+            warn!(recording = %rec.id, "store write failed: {e}");
+        }
+        let expires = policy.evidence.expires_at(time::OffsetDateTime::now_utc());
+        for rel in &evidence {
+            let path = dir.join(rel);
+            if let Err(e) = store.add_evidence(
+                &path.to_string_lossy(),
+                &rec.id,
+                opts.teacher.as_deref(),
+                expires,
+            ) {
+                warn!(recording = %rec.id, "evidence registration failed: {e}");
+            }
+        }
+    }
+    drop(lock);
+    info!(recording = %rec.id, decision = verdict.decision.as_str(), findings = verdict.findings.len(), "audited");
+    row.status = if verdict.decision == Decision::Error {
+        RowStatus::Failed
+    } else {
+        RowStatus::Audited
+    };
+    row.decision = Some(verdict.decision);
+    row.findings = verdict.findings.len();
+    row.partial = verdict.recording.partial;
+    row.realtime_factor = verdict.stats.realtime_factor;
+    row.error = verdict.recording.error.clone();
+    (row, Some(verdict))
+}
+
+fn read_verdict(path: &Path) -> Option<Verdict> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_group_camera_and_screen_files() {
+        let rec = |name: &str| Recording {
+            id: "rec-x".into(),
+            source: name.into(),
+            path: PathBuf::from(name),
+        };
+        assert_eq!(session_of(&rec("/d/class42-camera.webm"), None), "class42");
+        assert_eq!(session_of(&rec("/d/class42_screen.webm"), None), "class42");
+        assert_eq!(
+            session_of(&rec("/d/class42-whiteboard.webm"), None),
+            "class42"
+        );
+        assert_eq!(session_of(&rec("/d/lesson.webm"), None), "lesson");
+        assert_eq!(session_of(&rec("/d/camera.webm"), None), "camera");
+        assert_eq!(session_of(&rec("/d/a-camera.webm"), Some("s1")), "s1");
+    }
+
+    #[test]
+    fn locks_are_exclusive_and_stale_ones_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.lock");
+        let a = RecordingLock::acquire(&p).unwrap().expect("first");
+        assert!(
+            RecordingLock::acquire(&p).unwrap().is_none(),
+            "held by a live process"
+        );
+        drop(a);
+        std::fs::write(&p, "999999999\n").unwrap();
+        assert!(
+            RecordingLock::acquire(&p).unwrap().is_some(),
+            "dead owner's lock is taken over"
+        );
+    }
+}
