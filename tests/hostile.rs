@@ -8,7 +8,6 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -622,7 +621,6 @@ fn element_structure_edge_cases() {
     check("2^56 Cues (skipped)", &s, Want::Partial);
     let mut s = header8(0x1A45DFA3, big);
     s.extend([0u8; 16]);
-    let _ = at;
     check(
         "2^56 EBML header",
         &s,
@@ -953,7 +951,15 @@ fn fuzz_regressions_replay() {
             "no EBML header (starts with 79 f1 fd 05)".into()
         ))
     );
-    assert!(n >= 1);
+    // nan-duration.webm: Info/Duration is a NaN. The header carried it, so two runs over the
+    // same bytes gave events that compared unequal; a NaN/infinite/negative Duration is now none.
+    let out = feed(&std::fs::read(dir.join("nan-duration.webm")).unwrap(), 5);
+    let Some(Event::Header(h)) = out.events.first() else {
+        panic!("no header")
+    };
+    assert_eq!(h.duration_ms, None);
+    assert_eq!(out.frames().len(), 1);
+    assert!(n >= 2);
 }
 
 // ---- the real slicer: no thread or memory leak over many bad inputs ----
@@ -1010,14 +1016,14 @@ fn slicer_leaks_no_threads_or_memory_over_bad_inputs() {
     // Inputs: the damaged fixtures in turn, and truncations of a real recording. Cuts at random
     // offsets in the first 16 KiB (header, track list, first frames: every decoder is set up and
     // torn down) are cheap; cuts anywhere in the file decode up to 12 s of VP8 + Opus each, so
-    // only every 40th input is one, to keep the test near a minute on 2 cores.
+    // only every 8th input is one (125 of 1000), to keep the test well under a minute on 2 cores.
     let mut rng = Rng(0x5EED_1234_ABCD_0001);
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
     const COUNT: usize = 1000;
     for i in 0..COUNT {
         let input = match i % 4 {
             0 | 2 => damaged[(i / 2) % damaged.len()].clone(),
-            _ if i % 40 == 1 => {
+            _ if i % 8 == 1 => {
                 let cut = 200 + (rng.next() % (source.len() as u64 - 200)) as usize;
                 (format!("camera-cut-{cut}.webm"), source[..cut].to_vec())
             }
@@ -1085,7 +1091,12 @@ fn slicer_leaks_no_threads_or_memory_over_bad_inputs() {
     );
     assert_eq!(errors + partial + ok, inputs.len());
     assert!(errors > 0 && partial > 0);
-    assert_eq!(threads_after, threads_before, "threads leaked");
+    // Not more threads than before. (Fewer is possible: a test-harness thread of another test,
+    // or a GStreamer pool thread from the warm-up, may exit meanwhile.)
+    assert!(
+        threads_after <= threads_before,
+        "threads leaked: {threads_before} -> {threads_after}"
+    );
     assert!(
         rss_after < rss_before + 50 * 1024,
         "VmRSS grew {} KiB",

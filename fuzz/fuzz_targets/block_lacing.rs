@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
     let mut prev_end = 0usize;
     for (i, &(off, len)) in b.frames.iter().enumerate() {
         let end = off.checked_add(len).expect("range overflows");
-        assert!(end <= data.len(), "frame {i} {off}+{len} past {}", data.len());
+        assert!(
+            end <= data.len(),
+            "frame {i} {off}+{len} past {}",
+            data.len()
+        );
         assert!(len > 0, "empty frame {i}");
         assert!(off >= prev_end, "frame {i} overlaps the previous one");
         assert!(off >= 4, "frame {i} inside the block header");

@@ -67,7 +67,10 @@ fn check(events: &[Event], end: &Result<StreamEnd, DemuxError>, total: u64) {
         })
         .collect();
     assert_eq!(headers.len(), 1, "exactly one header on success");
-    assert!(matches!(events.first(), Some(Event::Header(_))), "header first");
+    assert!(
+        matches!(events.first(), Some(Event::Header(_))),
+        "header first"
+    );
     let header = headers[0];
     for ev in events {
         if let Event::Frame(f) = ev {

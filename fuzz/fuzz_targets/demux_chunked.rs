@@ -32,7 +32,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let whole = common::run([stream]);
     let chunked = common::run(chunks.iter().copied());
-    assert_eq!(chunked.end, whole.end, "end differs (base {base}, jitter {jitter})");
-    assert_eq!(chunked.events.len(), whole.events.len(), "event count differs");
+    assert_eq!(
+        chunked.end, whole.end,
+        "end differs (base {base}, jitter {jitter})"
+    );
+    assert_eq!(
+        chunked.events.len(),
+        whole.events.len(),
+        "event count differs"
+    );
     assert!(chunked.events == whole.events, "events differ");
 });

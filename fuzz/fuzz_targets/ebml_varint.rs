@@ -24,9 +24,15 @@ fuzz_target!(|data: &[u8]| {
     match read_id(data) {
         VarInt::Value { value, len } => {
             assert!((1..=4).contains(&len) && len <= data.len());
-            assert_eq!(id_bytes(value as u32), data[..len].to_vec(), "id round trip");
+            assert_eq!(
+                id_bytes(value as u32),
+                data[..len].to_vec(),
+                "id round trip"
+            );
         }
-        VarInt::Incomplete => assert!(data.is_empty() || data[0].leading_zeros() as usize >= data.len()),
+        VarInt::Incomplete => {
+            assert!(data.is_empty() || data[0].leading_zeros() as usize >= data.len())
+        }
         VarInt::Invalid => assert!(data[0] < 0x10),
     }
     match read_size(data) {
@@ -36,7 +42,13 @@ fuzz_target!(|data: &[u8]| {
                 assert!(value < (1u64 << (7 * len)) - 1, "value fits its field");
                 let enc = size_bytes(value);
                 assert!(enc.len() <= len, "shortest encoding is not longer");
-                assert_eq!(read_size(&enc), VarInt::Value { value, len: enc.len() });
+                assert_eq!(
+                    read_size(&enc),
+                    VarInt::Value {
+                        value,
+                        len: enc.len()
+                    }
+                );
             } else {
                 // All ones for the field's length, and nothing else.
                 let mask = if len == 8 { 0 } else { 0xFFu8 >> len };
@@ -51,8 +63,15 @@ fuzz_target!(|data: &[u8]| {
         VarInt::Value { value, len } => {
             let v = value as i64;
             let bias = (1i64 << (7 * len - 1)) - 1;
-            assert!(v >= -bias && v <= bias + 1, "signed value in range for {len} bytes");
-            assert_eq!(signed_bytes(v, len).as_deref(), Some(&data[..len]), "signed round trip");
+            assert!(
+                v >= -bias && v <= bias + 1,
+                "signed value in range for {len} bytes"
+            );
+            assert_eq!(
+                signed_bytes(v, len).as_deref(),
+                Some(&data[..len]),
+                "signed round trip"
+            );
         }
         VarInt::Incomplete | VarInt::Invalid => {}
     }
@@ -61,12 +80,24 @@ fuzz_target!(|data: &[u8]| {
         let v = u64::from_le_bytes(data[..8].try_into().unwrap()) >> (data[0] % 56 + 8);
         if v < (1u64 << 56) - 1 {
             let enc = size_bytes(v);
-            assert_eq!(read_size(&enc), VarInt::Value { value: v, len: enc.len() });
+            assert_eq!(
+                read_size(&enc),
+                VarInt::Value {
+                    value: v,
+                    len: enc.len()
+                }
+            );
         }
         let len = 1 + usize::from(data[1] % 8);
         let s = (u64::from_le_bytes(data[..8].try_into().unwrap()) as i64) >> (64 - 7 * len);
         if let Some(enc) = signed_bytes(s, len) {
-            assert_eq!(read_signed(&enc), VarInt::Value { value: s as u64, len });
+            assert_eq!(
+                read_signed(&enc),
+                VarInt::Value {
+                    value: s as u64,
+                    len
+                }
+            );
         }
     }
     let mut seen = 0usize;

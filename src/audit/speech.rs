@@ -81,10 +81,10 @@ pub fn run(
     let mut stream = vad.stream();
     let mut buf: Option<Buffer> = None;
     let mut pending: Vec<SpeechSegment> = Vec::new();
-    let whisper_ref = models.whisper.as_ref().map(|w| ModelRef {
-        id: w.id().to_string(),
-        sha256: w.sha256().to_string(),
-    });
+    let whisper_ref = models
+        .whisper
+        .as_ref()
+        .map(|w| super::model_ref(w.id(), w.sha256()));
     for chunk in rx {
         let b = buf.get_or_insert_with(|| Buffer {
             offset_ms: chunk.start_ms.max(0) as u64,

@@ -384,13 +384,31 @@ mod tests {
         p.extend(vec![0.05; 10]);
         let segs = run(&p);
         assert_eq!(segs.len(), 1);
-        // start = 10*32 ms - 30 ms pad, end = 30*32 ms + 30 ms pad
+        // start = 10*32 ms, end = 30*32 ms - one chunk of lag compensation
         assert_eq!(
             segs[0],
             SpeechSegment {
+                start_ms: 320,
+                end_ms: 928
+            }
+        );
+        // With the reference pipeline's 30 ms padding and no lag compensation.
+        let o = VadOptions {
+            speech_pad_ms: 30,
+            end_lag_ms: 0,
+            ..Default::default()
+        };
+        let mut padded = Segmenter::new(&o);
+        let mut out = Vec::new();
+        for (i, &q) in p.iter().enumerate() {
+            out.extend(padded.push(q, (i * CHUNK) as u64));
+        }
+        assert_eq!(
+            out,
+            vec![SpeechSegment {
                 start_ms: 290,
                 end_ms: 990
-            }
+            }]
         );
     }
 
@@ -416,7 +434,7 @@ mod tests {
         assert_eq!(
             segs,
             vec![SpeechSegment {
-                start_ms: 130,
+                start_ms: 160,
                 end_ms: 640
             }]
         );

@@ -248,6 +248,34 @@ pub fn decode_file_16k_mono(path: &Path) -> Result<Vec<f32>, SliceError> {
             path.display()
         )));
     }
+    // WebM/Matroska goes through our own demuxer (as in a scan): decodebin would also plug video
+    // decoders, and Chrome's alpha-flagged VP8/VP9 makes it pick one that fails without alpha data.
+    let mut magic = [0u8; 4];
+    let is_ebml = File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == [0x1A, 0x45, 0xDF, 0xA3];
+    if is_ebml {
+        let file =
+            File::open(path).map_err(|e| SliceError::Io(format!("{}: {e}", path.display())))?;
+        let opts = super::SliceOptions {
+            decode_video: false,
+            decode_audio: true,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        super::run_blocking(file, &name, opts, |o| {
+            if let super::SliceOutput::Audio(c) = o {
+                out.extend(c.samples);
+            }
+        })
+        .map_err(|e| SliceError::Decode(format!("{}: {e}", path.display())))?;
+        return Ok(out);
+    }
     let pipeline = OwnedPipeline::new("decode-file");
     let src = make_element(&["filesrc"], "gstreamer1.0 core")?;
     src.set_property("location", path.to_string_lossy().to_string());

@@ -142,6 +142,8 @@ pub struct SliceOptions {
     pub mic_path: Option<PathBuf>,
     /// Decode microphone audio to 16 kHz mono for the speech models.
     pub decode_audio: bool,
+    /// Decode and sample video tracks (off for audio-only work such as `inspect audio`).
+    pub decode_video: bool,
     pub decoder_threads: u32,
     pub stall_timeout: Duration,
     /// Capacity of the output channel (slices and audio chunks).
@@ -157,6 +159,7 @@ impl Default for SliceOptions {
             limits: SliceLimits::default(),
             mic_path: None,
             decode_audio: true,
+            decode_video: true,
             decoder_threads: 2,
             stall_timeout: Duration::from_secs(15),
             channel_capacity: 8,
@@ -461,6 +464,10 @@ impl Run {
                 error: None,
             };
             match track.kind {
+                TrackKind::Video if !self.opts.decode_video => {
+                    report.role = Some(self.role);
+                    report.error = Some("not decoded (video decoding off)".into());
+                }
                 TrackKind::Video => {
                     report.role = Some(self.role);
                     match self.video_route(track) {
