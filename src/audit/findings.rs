@@ -351,13 +351,20 @@ pub fn describe_label(label: &str) -> &'static str {
     }
 }
 
-/// Shows enough of a match for a reviewer to recognise it in the evidence, not the whole value.
+/// Shows enough of a match for a reviewer to recognise it in the evidence, not the whole value:
+/// numbers and addresses are cut to a prefix, plain words are shown (up to 40 characters).
 pub fn redact(matched: &str) -> String {
     let chars: Vec<char> = matched.chars().collect();
-    if chars.len() <= 8 {
+    let digits = chars.iter().filter(|c| c.is_ascii_digit()).count();
+    let identifying = digits >= 5 || matched.contains('@');
+    let keep = if identifying {
+        (chars.len() / 2).clamp(4, 10)
+    } else {
+        40
+    };
+    if chars.len() <= keep || (!identifying && chars.len() <= 40) {
         return matched.to_string();
     }
-    let keep = (chars.len() / 2).clamp(6, 10);
     format!("{}…", chars[..keep].iter().collect::<String>().trim_end())
 }
 
@@ -548,6 +555,8 @@ mod tests {
     #[test]
     fn redaction_keeps_a_recognisable_prefix() {
         assert_eq!(redact("+86 138 0013 8000"), "+86 138…");
+        assert_eq!(redact("teacher.li@example.com"), "teacher.li…");
+        assert_eq!(redact("add me on we chat"), "add me on we chat");
         assert_eq!(redact("abc"), "abc");
     }
 

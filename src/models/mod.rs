@@ -575,8 +575,16 @@ fn build_session(
     let b = b
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(err)?;
+    // Memory: ONNX Runtime's CPU arena keeps the high-water mark of every session's activations
+    // for the life of the process (a 30 s Whisper window, a 1280x720 OCR detection), and the
+    // memory pattern pre-plans one block per input shape. With both off each run allocates and
+    // frees through the system allocator, so peak RSS is the weights plus the largest runs in
+    // flight, not the sum of every session's worst run. See docs/benchmarks.md.
+    let b = b.with_memory_pattern(false).map_err(err)?;
     let mut b = match opts.execution_provider {
-        ExecutionProvider::Cpu => b,
+        ExecutionProvider::Cpu => b
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+            .map_err(err)?,
         #[cfg(feature = "cuda")]
         ExecutionProvider::Cuda => b
             .with_execution_providers([ort::ep::CUDA::default()
