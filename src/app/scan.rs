@@ -414,6 +414,11 @@ fn scan_one(
             return (row, None);
         }
     };
+    // Checked again under the lock: another process may have finished it since the first look.
+    if read_verdict(&verdict_path).is_some_and(|v| v.idempotency_key() == key) {
+        row.status = RowStatus::Skipped;
+        return (row, None);
+    }
     info!(recording = %rec.id, sha256 = %sha, "auditing");
     let req = AuditRequest {
         recording: rec,
