@@ -287,3 +287,16 @@ fn cli_reports_bad_files_and_keeps_going() {
         assert_eq!((img.width(), img.height()), (640, 480));
     }
 }
+
+#[test]
+fn frame_rate_limit_stops_decoding_a_flooded_track() {
+    let path = common::fixture("browser/camera-vp8-opus.webm");
+    let mut opts = SliceOptions::default();
+    opts.limits.max_fps = 5.0; // the fixture runs at ~25 fps
+    let report =
+        slice::run_blocking(File::open(&path).unwrap(), "camera.webm", opts, |_| {}).unwrap();
+    assert!(report.partial);
+    let reason = report.partial_reason.unwrap();
+    assert!(reason.contains("frames per second"), "{reason}");
+    assert!(report.tracks[0].decoded < report.tracks[0].frames);
+}

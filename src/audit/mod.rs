@@ -223,6 +223,10 @@ pub struct AuditRequest<'a> {
     pub role: Option<Role>,
     /// Model workers for this recording (slices analysed concurrently).
     pub workers: usize,
+    /// Benchmark baseline (`scan --sequential`): no worker threads; each slice's models run on
+    /// the dispatching thread one after another, and the microphone is analysed only after the
+    /// last slice (its chunks queue up meanwhile), so no model runs overlap. `workers` is ignored.
+    pub sequential: bool,
 }
 
 /// A finished audit: the verdict plus what the caller registers (evidence retention).
@@ -321,12 +325,23 @@ pub fn audit(
     let mut slice_errors: Vec<String> = Vec::new();
     let mut stage_ms: HashMap<&'static str, (u64, u64)> = HashMap::new();
 
+    let sequential = req.sequential;
     let (speech_result, slice_result) = std::thread::scope(|scope| {
-        let (audio_tx, audio_rx) = bounded::<slice::AudioChunk>(32);
-        let speech = scope.spawn(|| speech::run(models, policy, audio_rx, &mut ev_speech));
+        let (audio_tx, audio_rx) = if sequential {
+            unbounded::<slice::AudioChunk>()
+        } else {
+            bounded::<slice::AudioChunk>(32)
+        };
+        let mut speech_input = Some((audio_rx, &mut ev_speech));
+        let speech = if sequential {
+            None
+        } else {
+            let (rx, ev) = speech_input.take().expect("present");
+            Some(scope.spawn(move || speech::run(models, policy, rx, ev)))
+        };
         let (job_tx, job_rx) = bounded::<Job>(max_in_flight);
         let (done_tx, done_rx) = unbounded::<Done>();
-        for _ in 0..workers {
+        for _ in 0..if sequential { 0 } else { workers } {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             let calls = calls.clone();
@@ -449,7 +464,15 @@ pub fn audit(
                             }
                             let image = s.image.clone();
                             pending.insert(seq, Pending { pts, role: s.role, image: s.image, state: if reuse { PendingState::Reuse } else { PendingState::Waiting } });
-                            if !reuse {
+                            if !reuse && sequential {
+                                let t0 = Instant::now();
+                                let obs = match kind {
+                                    JobKind::Camera => observe::observe_camera(models, policy, &req.templates, &image, &calls).map(Observation::Camera),
+                                    JobKind::Desktop { ocr } => observe::observe_desktop(models, &image, ocr, &calls).map(Observation::Desktop),
+                                };
+                                let busy_ms = t0.elapsed().as_millis() as u64;
+                                handle_done(Done { seq, obs, busy_ms }, &mut pending);
+                            } else if !reuse {
                                 in_flight += 1;
                                 let _ = job_tx.send(Job { seq, kind, image });
                             }
@@ -491,7 +514,11 @@ pub fn audit(
         let slice_result = slicer
             .join()
             .unwrap_or_else(|_| Err(slice::SliceError::Decode("slicing thread panicked".into())));
-        let speech = speech.join().unwrap_or_default();
+        let speech = match (speech, speech_input.take()) {
+            (Some(handle), _) => handle.join().unwrap_or_default(),
+            (None, Some((rx, ev))) => speech::run(models, policy, rx, ev),
+            (None, None) => Default::default(),
+        };
         (speech, slice_result)
     });
 
@@ -686,5 +713,6 @@ fn slice_limits(policy: &Policy) -> slice::SliceLimits {
         max_duration_ms: (l.max_duration_s as i64).saturating_mul(1000),
         max_slices_per_track: l.max_slices,
         max_frame_pixels: u64::from(l.max_frame_width) * u64::from(l.max_frame_height),
+        max_fps: l.max_fps,
     }
 }

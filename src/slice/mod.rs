@@ -111,13 +111,16 @@ pub enum SliceOutput {
 }
 
 /// Safety limits on one recording, beyond the demuxer's element limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SliceLimits {
     pub max_file_bytes: u64,
     pub max_duration_ms: i64,
     pub max_slices_per_track: u64,
     pub max_frame_pixels: u64,
+    /// Video frames per second of recording time above which a track stops being decoded (a
+    /// hostile file can pack thousands of tiny frames into one second to exhaust the decoder).
+    pub max_fps: f32,
 }
 
 impl Default for SliceLimits {
@@ -127,6 +130,7 @@ impl Default for SliceLimits {
             max_duration_ms: 12 * 3600 * 1000,
             max_slices_per_track: 100_000,
             max_frame_pixels: 4096 * 2304,
+            max_fps: 120.0,
         }
     }
 }
@@ -635,7 +639,17 @@ impl Run {
             .saturating_add(frame.duration_ns.unwrap_or(0) as i64)
             .div_euclid(1_000_000);
         self.end_ms = self.end_ms.max(end);
+        let span_s =
+            (report.last_ms.unwrap_or(pts) - report.first_ms.unwrap_or(pts)).max(0) as f64 / 1000.0;
+        let fps_exceeded = report.kind == TrackKind::Video
+            && report.frames as f64 > f64::from(self.opts.limits.max_fps) * (span_s + 1.0) + 10.0;
         if let Some((_, route)) = self.videos.iter_mut().find(|(n, _)| *n == frame.track) {
+            if route.failed.is_none() && fps_exceeded {
+                route.failed = Some(format!(
+                    "more than {} frames per second; track no longer decoded",
+                    self.opts.limits.max_fps
+                ));
+            }
             if route.failed.is_some() || (route.keyframes_only && !frame.keyframe) {
                 return;
             }
