@@ -18,29 +18,11 @@ use classguard::mux::{
 use classguard::slice::frame::{fit_within, I420};
 
 fn vp8_track() -> TrackSpec {
-    TrackSpec {
-        number: 1,
-        kind: 1,
-        codec_id: "V_VP8".into(),
-        codec_private: vec![],
-        codec_delay_ns: 0,
-        seek_preroll_ns: 0,
-        video_size: Some((640, 480)),
-        audio: None,
-    }
+    TrackSpec::vp8(1, (640, 480))
 }
 
 fn opus_track() -> TrackSpec {
-    TrackSpec {
-        number: 2,
-        kind: 2,
-        codec_id: "A_OPUS".into(),
-        codec_private: b"OpusHead\x01\x01\x38\x01\x80\xbb\0\0\0\0\0".to_vec(),
-        codec_delay_ns: 0,
-        seek_preroll_ns: 0,
-        video_size: None,
-        audio: Some((48000.0, 1)),
-    }
+    TrackSpec::opus_mono(2)
 }
 
 /// A browser-style recording (unknown-size Segment and Clusters, one cluster a second, no Cues)

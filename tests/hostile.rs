@@ -86,29 +86,11 @@ const BLOCK_GROUP: u32 = 0xA0;
 const TIMESTAMP: u32 = 0xE7;
 
 fn vp8(number: u64) -> TrackSpec {
-    TrackSpec {
-        number,
-        kind: 1,
-        codec_id: "V_VP8".into(),
-        codec_private: vec![],
-        codec_delay_ns: 0,
-        seek_preroll_ns: 0,
-        video_size: Some((640, 480)),
-        audio: None,
-    }
+    TrackSpec::vp8(number, (640, 480))
 }
 
 fn opus(number: u64) -> TrackSpec {
-    TrackSpec {
-        number,
-        kind: 2,
-        codec_id: "A_OPUS".into(),
-        codec_private: b"OpusHead\x01\x01\x38\x01\x80\xbb\0\0\0\0\0".to_vec(),
-        codec_delay_ns: 0,
-        seek_preroll_ns: 0,
-        video_size: None,
-        audio: Some((48000.0, 1)),
-    }
+    TrackSpec::opus_mono(number)
 }
 
 /// EBML header, unknown-size Segment, Info, Tracks (VP8 track 1, Opus track 2): a browser start.

@@ -4,29 +4,11 @@ use crate::mux::{
 };
 
 fn vp8_track() -> TrackSpec {
-    TrackSpec {
-        number: 1,
-        kind: 1,
-        codec_id: "V_VP8".into(),
-        codec_private: vec![],
-        codec_delay_ns: 0,
-        seek_preroll_ns: 0,
-        video_size: Some((640, 480)),
-        audio: None,
-    }
+    TrackSpec::vp8(1, (640, 480))
 }
 
 fn opus_track() -> TrackSpec {
-    TrackSpec {
-        number: 2,
-        kind: 2,
-        codec_id: "A_OPUS".into(),
-        codec_private: b"OpusHead\x01\x01\x38\x01\x80\xbb\0\0\0\0\0".to_vec(),
-        codec_delay_ns: 0,
-        seek_preroll_ns: 0,
-        video_size: None,
-        audio: Some((48000.0, 1)),
-    }
+    TrackSpec::opus_mono(2)
 }
 
 const VP8_KEY: [u8; 10] = [0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01];

@@ -61,6 +61,34 @@ pub struct TrackSpec {
 }
 
 impl TrackSpec {
+    /// A VP8 video track as browsers write it (no CodecPrivate).
+    pub fn vp8(number: u64, size: (u32, u32)) -> Self {
+        TrackSpec {
+            number,
+            kind: 1,
+            codec_id: "V_VP8".into(),
+            codec_private: Vec::new(),
+            codec_delay_ns: 0,
+            seek_preroll_ns: 0,
+            video_size: Some(size),
+            audio: None,
+        }
+    }
+
+    /// A 48 kHz mono Opus track with a minimal OpusHead.
+    pub fn opus_mono(number: u64) -> Self {
+        TrackSpec {
+            number,
+            kind: 2,
+            codec_id: "A_OPUS".into(),
+            codec_private: b"OpusHead\x01\x01\x38\x01\x80\xbb\0\0\0\0\0".to_vec(),
+            codec_delay_ns: 0,
+            seek_preroll_ns: 0,
+            video_size: None,
+            audio: Some((48000.0, 1)),
+        }
+    }
+
     pub fn entry(&self) -> Vec<u8> {
         let mut e = uint_element(0xD7, self.number);
         e.extend(uint_element(0x73C5, self.number));
