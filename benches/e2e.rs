@@ -56,6 +56,8 @@ fn rows() -> Vec<Row> {
         // scene-change sampling (checked every 500 ms).
         Row { name: "slice-1fps", on: CAMERA, argv: |c| Ok(classguard(c, &["slice"], &[])) },
         Row { name: "slice-scene", on: WHITEBOARD, argv: |c| Ok(classguard(c, &["slice"], &[])) },
+        // Row 2: our own code with no gates and no overlap (docs/benchmarks.md, "naive").
+        Row { name: "naive", on: ALL, argv: |c| scan_with(c, Some("pipelines/naive.toml"), &["--sequential"]) },
         Row { name: "scan-default", on: ALL, argv: |c| scan(c, None) },
         Row { name: "scan-face-nudity-vad", on: ALL, argv: |c| scan(c, Some("pipelines/bench-face-nudity-vad.toml")) },
     ]
@@ -75,6 +77,10 @@ fn classguard(c: &Ctx, sub: &[&str], extra: &[&str]) -> Vec<OsString> {
 }
 
 fn scan(c: &Ctx, policy: Option<&str>) -> Result<Vec<OsString>, String> {
+    scan_with(c, policy, &[])
+}
+
+fn scan_with(c: &Ctx, policy: Option<&str>, flags: &[&str]) -> Result<Vec<OsString>, String> {
     let has_scan = c
         .help
         .lines()
@@ -82,20 +88,17 @@ fn scan(c: &Ctx, policy: Option<&str>) -> Result<Vec<OsString>, String> {
     if !has_scan {
         return Err("`classguard scan` does not exist in this build".into());
     }
-    match policy {
-        None => Ok(classguard(c, &["scan"], &[])),
-        Some(p) => {
-            let path = c.root.join(p);
-            if !path.is_file() {
-                return Err(format!("{p} does not exist"));
-            }
-            Ok(classguard(
-                c,
-                &["scan"],
-                &["--policy", path.to_str().unwrap_or(p)],
-            ))
+    let mut extra: Vec<&str> = flags.to_vec();
+    let path;
+    if let Some(p) = policy {
+        path = c.root.join(p);
+        if !path.is_file() {
+            return Err(format!("{p} does not exist"));
         }
+        extra.push("--policy");
+        extra.push(path.to_str().unwrap_or(p));
     }
+    Ok(classguard(c, &["scan"], &extra))
 }
 
 /// GStreamer decode of every video frame (and every Opus packet, when there is audio), nothing
@@ -591,9 +594,48 @@ fn main() {
             }
         }
     }
+    // Scan targets (2 cores): realtime factors, speed-up over the naive row, peak RSS.
+    let rt = |d: u64, m: &Measured| d as f64 / m.wall_s;
+    for ((kind, d), by_row) in &summary {
+        let check = |what: String, ok: bool| {
+            println!("- {what}: {}", if ok { "met" } else { "NOT met" });
+        };
+        if let Some(m) = by_row
+            .get("scan-face-nudity-vad")
+            .filter(|_| kind == "camera")
+        {
+            let x = rt(*d, m);
+            check(
+                format!("scan-face-nudity-vad, {kind} {d} s: {x:.1}x realtime (target >= 13x)"),
+                x >= 13.0,
+            );
+        }
+        if let Some(m) = by_row.get("scan-default") {
+            let want = if kind == "camera" { 5.0 } else { 20.0 };
+            let x = rt(*d, m);
+            check(
+                format!("scan-default, {kind} {d} s: {x:.1}x realtime (target >= {want:.0}x)"),
+                x >= want,
+            );
+            if let (Some(n), true) = (by_row.get("naive"), kind == "camera") {
+                let r = n.wall_s / m.wall_s;
+                check(
+                    format!("naive / scan-default wall, {kind} {d} s: {r:.2}x (target >= 3x)"),
+                    r >= 3.0,
+                );
+            }
+            check(
+                format!(
+                    "scan-default peak RSS, {kind} {d} s: {:.0} MB (target < 700 MB)",
+                    m.max_rss_mb
+                ),
+                m.max_rss_mb < 700.0,
+            );
+        }
+    }
     let (short, long) = (durations.iter().min(), durations.iter().max());
     for kind in ["camera", "whiteboard"] {
-        for name in slice_rows {
+        for name in slice_rows.iter().chain(&["scan-default"]) {
             let rss = |d: u64| {
                 summary
                     .get(&(kind.to_string(), d))

@@ -62,6 +62,9 @@ enum Command {
         /// SQLite store (default: $CLASSGUARD_STORE or the XDG data directory).
         #[arg(long, env = "CLASSGUARD_STORE")]
         store: Option<PathBuf>,
+        /// Benchmark baseline: no model workers, speech after the video (docs/benchmarks.md).
+        #[arg(long, hide = true)]
+        sequential: bool,
     },
     /// Store a teacher's face template from verified photos (one face per photo; photos are not kept).
     Enroll {
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
             jobs,
             workers,
             store,
+            sequential,
         } => {
             let opts = scan::ScanOptions {
                 inputs,
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
                 jobs,
                 workers,
                 jsonl,
+                sequential,
             };
             run_scan(&opts)
         }

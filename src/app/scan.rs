@@ -38,6 +38,9 @@ pub struct ScanOptions {
     pub workers: usize,
     /// Print each verdict as one JSON line on stdout.
     pub jsonl: bool,
+    /// Benchmark baseline: every slice's models inline on the dispatching thread, speech after
+    /// the video (see `AuditRequest::sequential`). Hidden on the command line.
+    pub sequential: bool,
 }
 
 /// Problems with the command line or the set-up rather than with a recording (exit code 2).
@@ -296,7 +299,10 @@ pub fn run(
     let jobs = opts.jobs.max(1);
     let workers = opts.workers.max(1);
     let home = ModelHome::locate();
-    let models = AuditModels::load(&policy, &home, jobs * workers)
+    // One session per model per recording in flight: a recording's workers share them (they rarely
+    // want the same model at once: the models are busy a fraction of the wall time, see
+    // docs/benchmarks.md), and every extra session is another copy of the weights in memory.
+    let models = AuditModels::load(&policy, &home, jobs)
         .map_err(|e| ScanSetupError::Models(e.to_string()))?;
     let templates = match &opts.teacher {
         Some(t) => {
@@ -426,6 +432,7 @@ fn scan_one(
         templates: templates.to_vec(),
         role: opts.role,
         workers,
+        sequential: opts.sequential,
     };
     let (verdict, evidence) = match audit::audit(models, policy, &req) {
         Ok(outcome) => (outcome.verdict, outcome.evidence),

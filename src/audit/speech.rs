@@ -4,6 +4,9 @@
 //! Memory: audio is buffered only from the start of the oldest untranscribed speech (or the last
 //! second, during silence), and speech is transcribed in groups of at most 30 s, so a long
 //! recording holds at most a few tens of seconds of samples.
+//!
+//! With the `whisper_speech_only` gate off, the VAD still runs (speech spans, silence findings)
+//! but Whisper transcribes all audio, in consecutive 30 s windows, whatever the VAD heard.
 
 use crossbeam_channel::Receiver;
 
@@ -17,8 +20,13 @@ use crate::slice::AudioChunk;
 use crate::verdict::{Evidence, Finding, ModelRef, Track};
 
 const RATE: u64 = 16_000;
+/// A pause this long ends a speech group early. Shorter pauses stay inside the group, so several
+/// phrases share one 30 s encoder window instead of paying a padded window each.
+const MAX_SILENCE_IN_GROUP_MS: u64 = 10_000;
 /// Speech groups handed to Whisper are at most this long (one encoder window).
 const GROUP_MS: u64 = 28_000;
+/// Window of the ungated path (`whisper_speech_only = false`): all audio, in 30 s pieces.
+const ALL_AUDIO_WINDOW_MS: u64 = 30_000;
 /// Audio history kept for speech the VAD has not closed yet; longer unbroken speech is
 /// transcribed from its last two minutes only.
 const MAX_BUFFER_MS: u64 = 120_000;
@@ -44,6 +52,8 @@ struct Buffer {
     /// Stream sample index of `samples[0]`.
     base: u64,
     samples: Vec<f32>,
+    /// Stream ms up to which all audio was transcribed (ungated path only).
+    transcribed_ms: u64,
 }
 
 impl Buffer {
@@ -90,6 +100,7 @@ pub fn run(
             offset_ms: chunk.start_ms.max(0) as u64,
             base: 0,
             samples: Vec::new(),
+            transcribed_ms: 0,
         });
         b.samples.extend_from_slice(&chunk.samples);
         r.vad_chunks += (chunk.samples.len() as u64).div_ceil(512);
@@ -128,7 +139,11 @@ pub fn run(
         );
         r.audio_end_ms = b.offset_ms + b.end() * 1000 / RATE;
         let speech_ms: u64 = r.speech.iter().map(|(s, e)| e - s).sum();
-        r.skipped_audio_ms = (b.end() * 1000 / RATE).saturating_sub(speech_ms);
+        r.skipped_audio_ms = if policy.gates.whisper_speech_only {
+            (b.end() * 1000 / RATE).saturating_sub(speech_ms)
+        } else {
+            0
+        };
     }
     r.busy_ms = t0.elapsed().as_millis() as u64;
     r
@@ -151,7 +166,7 @@ fn flush(
         (Some(first), Some(last)) => {
             at_end
                 || last.end_ms - first.start_ms >= GROUP_MS
-                || buffered_ms.saturating_sub(last.end_ms) > 2_000
+                || buffered_ms.saturating_sub(last.end_ms) > MAX_SILENCE_IN_GROUP_MS
         }
         _ => false,
     };
@@ -161,14 +176,31 @@ fn flush(
             r.speech
                 .push((b.offset_ms + s.start_ms, b.offset_ms + s.end_ms));
         }
-        transcribe_group(models, policy, b, &group, whisper_ref, ev, r);
+        if policy.gates.whisper_speech_only {
+            transcribe_group(models, policy, b, &group, whisper_ref, ev, r);
+        }
+    }
+    if !policy.gates.whisper_speech_only {
+        // Ungated: every full 30 s window as soon as it is buffered, the remainder at the end.
+        while buffered_ms >= b.transcribed_ms + ALL_AUDIO_WINDOW_MS
+            || (at_end && buffered_ms > b.transcribed_ms)
+        {
+            let start_ms = b.transcribed_ms;
+            let end_ms = (start_ms + ALL_AUDIO_WINDOW_MS).min(buffered_ms);
+            let window = [SpeechSegment { start_ms, end_ms }];
+            transcribe_group(models, policy, b, &window, whisper_ref, ev, r);
+            b.transcribed_ms = end_ms;
+        }
     }
     // The VAD reports a segment only once it has ended, so keep enough history for speech that is
     // still going on, and everything from the oldest segment not yet transcribed.
     let history_from = buffered_ms.saturating_sub(MAX_BUFFER_MS);
-    let keep_from_ms = pending
+    let mut keep_from_ms = pending
         .first()
         .map_or(history_from, |s| s.start_ms.min(history_from));
+    if !policy.gates.whisper_speech_only {
+        keep_from_ms = keep_from_ms.min(b.transcribed_ms);
+    }
     b.drop_before(keep_from_ms * RATE / 1000);
 }
 

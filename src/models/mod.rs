@@ -253,6 +253,26 @@ fn ort_library_candidates(home: &ModelHome) -> Vec<PathBuf> {
     out
 }
 
+/// Large blocks (at least this many bytes) are always mapped and unmapped by the system allocator.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 4 << 20;
+
+/// glibc raises its mmap threshold every time a mapped block is freed, up to 32 MB, after which
+/// tensors of a few MB to 32 MB come from the heap and their freed space stays resident: with the
+/// arena off, model loading (protobuf and initializer copies) and 1280x720 OCR detection left
+/// hundreds of MB of holes. A fixed threshold returns large tensors to the system on free, at
+/// the cost of page faults on every large allocation (docs/benchmarks.md). Process-wide; set
+/// once, before the runtime allocates anything; `MALLOC_MMAP_THRESHOLD_` in the environment wins.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only changes allocator parameters; M_MMAP_THRESHOLD takes a size.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
+    }
+}
+
 /// Loads ONNX Runtime once per process and returns the shared environment.
 ///
 /// The library is found without configuration (see [`ModelHome`]); `CLASSGUARD_ORT_LIB`
@@ -272,6 +292,7 @@ pub fn init_runtime_in(home: &ModelHome) -> Result<&'static Environment> {
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
+    fixed_mmap_threshold();
     let candidates = ort_library_candidates(home);
     let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
         let looked = candidates
@@ -575,12 +596,17 @@ fn build_session(
     let b = b
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(err)?;
-    // Memory: ONNX Runtime's CPU arena keeps the high-water mark of every session's activations
-    // for the life of the process (a 30 s Whisper window, a 1280x720 OCR detection), and the
-    // memory pattern pre-plans one block per input shape. With both off each run allocates and
-    // frees through the system allocator, so peak RSS is the weights plus the largest runs in
-    // flight, not the sum of every session's worst run. See docs/benchmarks.md.
+    // Memory (measured in docs/benchmarks.md): ONNX Runtime's CPU arena keeps the high-water mark
+    // of every session's activations for the life of the process (a 30 s Whisper window, a
+    // 1280x720 OCR detection), and the memory pattern pre-plans one block per input shape. With
+    // both off each run allocates and frees through the system allocator, so peak RSS is the
+    // weights plus the runs in flight, not the sum of every session's worst run. Pre-packing
+    // keeps a second, re-laid-out copy of MatMul/Gemm weights (75 MB for the Whisper decoder's
+    // token projection alone) and measured no faster here: off.
     let b = b.with_memory_pattern(false).map_err(err)?;
+    let b = b
+        .with_config_entry("session.disable_prepacking", "1")
+        .map_err(err)?;
     let mut b = match opts.execution_provider {
         ExecutionProvider::Cpu => b
             .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])

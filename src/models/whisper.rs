@@ -725,7 +725,9 @@ impl Whisper {
         regions: &[SpeechSegment],
     ) -> Result<Transcript> {
         let mut segments = Vec::new();
-        for (s, e) in merge_regions(regions, samples.len(), 1_000, 30_000) {
+        // Pauses of a few seconds go into the same window: every window costs a full 30 s
+        // encoder pass however little speech it holds.
+        for (s, e) in merge_regions(regions, samples.len(), 8_000, 30_000) {
             self.transcribe_into(&samples[s..e], s, &mut segments)?;
         }
         Ok(assemble(segments))
