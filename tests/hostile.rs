@@ -924,9 +924,9 @@ fn fuzz_regressions_replay() {
         println!("{name}: {:?}", out.end);
         n += 1;
     }
-    // not-matroska-4-bytes.bin: 4 bytes that are not an EBML header. In 1-byte chunks the reason
+    // not-matroska-4-bytes.raw: 4 bytes that are not an EBML header. In 1-byte chunks the reason
     // was decided on the first 3 bytes ("starts with 79 f1 fd") instead of 4.
-    let bytes = std::fs::read(dir.join("not-matroska-4-bytes.bin")).unwrap();
+    let bytes = std::fs::read(dir.join("not-matroska-4-bytes.raw")).unwrap();
     assert_eq!(
         feed(&bytes, 1).end,
         Err(DemuxError::NotMatroska(

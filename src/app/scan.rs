@@ -80,6 +80,22 @@ pub struct Row {
     pub error: Option<String>,
 }
 
+impl Row {
+    /// The row for a recording with a verdict: `ok` unless the verdict is an error verdict.
+    fn fill_from(&mut self, v: &Verdict, ok: RowStatus) {
+        self.status = if v.decision == Decision::Error {
+            RowStatus::Failed
+        } else {
+            ok
+        };
+        self.decision = Some(v.decision);
+        self.findings = v.findings.len();
+        self.partial = v.recording.partial;
+        self.realtime_factor = v.stats.realtime_factor;
+        self.error = v.recording.error.clone();
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ScanSummary {
     pub rows: Vec<Row>,
@@ -393,15 +409,7 @@ fn scan_one(
     let key = audit::error_verdict(rec, &sha, policy, models, String::new()).idempotency_key();
     if let Some(existing) = read_verdict(&verdict_path).filter(|v| v.idempotency_key() == key) {
         info!(recording = %rec.id, "already audited with the same content, policy and models");
-        row.status = if existing.decision == Decision::Error {
-            RowStatus::Failed
-        } else {
-            RowStatus::Skipped
-        };
-        row.decision = Some(existing.decision);
-        row.findings = existing.findings.len();
-        row.partial = existing.recording.partial;
-        row.error = existing.recording.error.clone();
+        row.fill_from(&existing, RowStatus::Skipped);
         return (row, None);
     }
     if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -471,16 +479,7 @@ fn scan_one(
     }
     drop(lock);
     info!(recording = %rec.id, decision = verdict.decision.as_str(), findings = verdict.findings.len(), "audited");
-    row.status = if verdict.decision == Decision::Error {
-        RowStatus::Failed
-    } else {
-        RowStatus::Audited
-    };
-    row.decision = Some(verdict.decision);
-    row.findings = verdict.findings.len();
-    row.partial = verdict.recording.partial;
-    row.realtime_factor = verdict.stats.realtime_factor;
-    row.error = verdict.recording.error.clone();
+    row.fill_from(&verdict, RowStatus::Audited);
     (row, Some(verdict))
 }
 
