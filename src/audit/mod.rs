@@ -94,15 +94,26 @@ impl AuditModels {
             pool_size: 1,
             ..opts.clone()
         };
+        // Speech is the critical path of a camera recording (one thread, one 30 s window after
+        // another) while the gated camera models leave the other core mostly idle: Whisper gets
+        // intra-op threads for every core instead of a second session (which would double its
+        // weights in memory).
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let speech_opts = ModelOptions {
+            intra_threads: single.intra_threads.max(cores.min(4)),
+            ..single.clone()
+        };
         let whisper = match policy.models.whisper {
             policy::WhisperModel::Off => None,
-            policy::WhisperModel::TinyEn => Some(Whisper::load(home, &single)?),
+            policy::WhisperModel::TinyEn => Some(Whisper::load(home, &speech_opts)?),
             policy::WhisperModel::Base => Some(Whisper::load_files(
                 &home.model("whisper-base-encoder.onnx"),
                 &home.model("whisper-base-decoder.onnx"),
                 &home.model("whisper-base-tokenizer.json"),
                 &home.model("whisper-base-config.json"),
-                &single,
+                &speech_opts,
             )?),
         };
         Ok(Self {
