@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use classguard::demux::{self, DemuxError, DemuxLimits, Demuxer, Event, StreamEnd, StreamHeader};
+use classguard::demux::{self, DemuxError, DemuxLimits, Event, StreamEnd, StreamHeader};
 
 /// Per file: a few seconds (debug build, 2 cores) for the whole-file read.
 const TIME_BOUND: Duration = Duration::from_secs(5);
@@ -117,27 +117,7 @@ struct Run {
 }
 
 fn feed(bytes: &[u8], chunk: usize) -> Run {
-    let mut d = Demuxer::new(DemuxLimits::default());
-    let mut events = Vec::new();
-    for part in bytes.chunks(chunk.max(1)) {
-        d.push(part);
-        loop {
-            match d.next_event() {
-                Ok(Some(e)) => events.push(e),
-                Ok(None) => break,
-                Err(e) => {
-                    return Run {
-                        events,
-                        end: Err(e),
-                    }
-                }
-            }
-        }
-    }
-    let end = d.finish();
-    while let Ok(Some(e)) = d.next_event() {
-        events.push(e);
-    }
+    let (events, end) = classguard::demux::demux_in_chunks(bytes, chunk, DemuxLimits::default());
     Run { events, end }
 }
 

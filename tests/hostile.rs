@@ -182,27 +182,7 @@ impl Outcome {
 }
 
 fn feed(bytes: &[u8], chunk: usize) -> Outcome {
-    let mut d = Demuxer::new(DemuxLimits::default());
-    let mut events = Vec::new();
-    for part in bytes.chunks(chunk.max(1)) {
-        d.push(part);
-        loop {
-            match d.next_event() {
-                Ok(Some(e)) => events.push(e),
-                Ok(None) => break,
-                Err(e) => {
-                    return Outcome {
-                        events,
-                        end: Err(e),
-                    }
-                }
-            }
-        }
-    }
-    let end = d.finish();
-    while let Ok(Some(e)) = d.next_event() {
-        events.push(e);
-    }
+    let (events, end) = classguard::demux::demux_in_chunks(bytes, chunk, DemuxLimits::default());
     Outcome { events, end }
 }
 

@@ -827,6 +827,34 @@ pub(crate) fn element_name(id: u32) -> &'static str {
     }
 }
 
+/// Feeds `bytes` to a fresh demuxer `chunk` bytes at a time, as an upload would arrive, and
+/// returns every event plus how the stream ended (the first error stops the feeding). Tests,
+/// conformance checks and fuzzing use it to compare chunkings of the same bytes.
+pub fn demux_in_chunks(
+    bytes: &[u8],
+    chunk: usize,
+    limits: DemuxLimits,
+) -> (Vec<Event>, Result<StreamEnd, DemuxError>) {
+    let mut d = Demuxer::new(limits);
+    let mut events = Vec::new();
+    for part in bytes.chunks(chunk.max(1)) {
+        d.push(part);
+        loop {
+            match d.next_event() {
+                Ok(Some(e)) => events.push(e),
+                Ok(None) => break,
+                Err(e) => return (events, Err(e)),
+            }
+        }
+    }
+    let end = d.finish();
+    // finish() emits the header of a stream that has tracks but no clusters.
+    while let Ok(Some(e)) = d.next_event() {
+        events.push(e);
+    }
+    (events, end)
+}
+
 /// Demuxes a whole `Read` stream (no seeking), calling `on_event` for each header and frame.
 /// Reads in 64 KiB chunks; the returned [`StreamEnd`] says whether the stream was complete.
 pub fn demux_reader<R: std::io::Read>(

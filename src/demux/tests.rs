@@ -35,19 +35,7 @@ fn browser_stream(seconds: i64) -> Vec<u8> {
 }
 
 fn collect(bytes: &[u8], chunk: usize) -> (Vec<Event>, Result<StreamEnd, DemuxError>) {
-    let mut d = Demuxer::default();
-    let mut events = Vec::new();
-    for part in bytes.chunks(chunk.max(1)) {
-        d.push(part);
-        loop {
-            match d.next_event() {
-                Ok(Some(e)) => events.push(e),
-                Ok(None) => break,
-                Err(e) => return (events, Err(e)),
-            }
-        }
-    }
-    (events, d.finish())
+    demux_in_chunks(bytes, chunk, DemuxLimits::default())
 }
 
 fn frames(events: &[Event]) -> Vec<&Frame> {

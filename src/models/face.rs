@@ -110,19 +110,8 @@ impl YuNet {
 
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
-        let inputs = model.pool.input_shapes();
-        let (input, shape) = inputs
-            .first()
-            .cloned()
-            .ok_or_else(|| model.pool.output_err("no inputs"))?;
-        let dim = |i: usize, d: usize| {
-            shape
-                .get(i)
-                .copied()
-                .filter(|&v| v > 0)
-                .map(|v| v as usize)
-                .unwrap_or(d)
-        };
+        let (input, shape) = model.pool.first_input()?;
+        let dim = |i: usize, d: usize| super::fixed_dim(&shape, i, d);
         let (in_h, in_w) = (dim(2, 640), dim(3, 640));
         if in_w % 32 != 0 || in_h % 32 != 0 {
             return Err(model
@@ -354,19 +343,8 @@ impl UltraFace {
 
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
-        let inputs = model.pool.input_shapes();
-        let (input, shape) = inputs
-            .first()
-            .cloned()
-            .ok_or_else(|| model.pool.output_err("no inputs"))?;
-        let dim = |i: usize, d: usize| {
-            shape
-                .get(i)
-                .copied()
-                .filter(|&v| v > 0)
-                .map(|v| v as usize)
-                .unwrap_or(d)
-        };
+        let (input, shape) = model.pool.first_input()?;
+        let dim = |i: usize, d: usize| super::fixed_dim(&shape, i, d);
         let (in_h, in_w) = (dim(2, 240), dim(3, 320));
         let names = model.pool.output_names();
         let scores_name = super::pick_name(&names, &["scores"], 0)

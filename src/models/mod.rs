@@ -366,6 +366,15 @@ impl Default for ModelOptions {
     }
 }
 
+/// Dimension `i` of a model shape when it is fixed (> 0), else `default` (dynamic axes are -1).
+pub fn fixed_dim(shape: &[i64], i: usize, default: usize) -> usize {
+    shape
+        .get(i)
+        .copied()
+        .filter(|&v| v > 0)
+        .map_or(default, |v| v as usize)
+}
+
 /// A fixed set of sessions of one model. `Session::run` takes `&mut self` (ONNX Runtime
 /// internals such as some allocators are not thread-safe), so concurrent callers each check
 /// one out; callers beyond the pool size wait.
@@ -455,6 +464,22 @@ impl SessionPool {
                 )
             })
             .collect()
+    }
+
+    /// Name and shape of the first input: every single-input model here starts from it.
+    pub fn first_input(&self) -> Result<(String, Vec<i64>)> {
+        self.input_shapes()
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.output_err("no inputs"))
+    }
+
+    /// Name of the first output.
+    pub fn first_output(&self) -> Result<String> {
+        self.output_names()
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.output_err("no outputs"))
     }
 
     /// Output names of the model.

@@ -38,11 +38,7 @@ impl NsfwClassifier {
 
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
-        let inputs = model.pool.input_shapes();
-        let (input, shape) = inputs
-            .first()
-            .cloned()
-            .ok_or_else(|| model.pool.output_err("no inputs"))?;
+        let (input, shape) = model.pool.first_input()?;
         if shape.len() == 4 && shape[3] > 0 && shape[3] != 3 {
             return Err(model.pool.output_err(format!(
                 "expected NHWC input with 3 channels, got {shape:?}"
@@ -52,11 +48,7 @@ impl NsfwClassifier {
             Some(&b) if b > 0 => b as usize,
             _ => 16,
         };
-        let names = model.pool.output_names();
-        let output = names
-            .first()
-            .cloned()
-            .ok_or_else(|| model.pool.output_err("no outputs"))?;
+        let output = model.pool.first_output()?;
         Ok(Self {
             model,
             input,
@@ -198,23 +190,9 @@ impl NudeNetDetector {
 
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
         let model = load_model(path, opts)?;
-        let inputs = model.pool.input_shapes();
-        let (input, shape) = inputs
-            .first()
-            .cloned()
-            .ok_or_else(|| model.pool.output_err("no inputs"))?;
-        let size = shape
-            .get(3)
-            .copied()
-            .filter(|&v| v > 0)
-            .map(|v| v as usize)
-            .unwrap_or(320);
-        let output = model
-            .pool
-            .output_names()
-            .first()
-            .cloned()
-            .ok_or_else(|| model.pool.output_err("no outputs"))?;
+        let (input, shape) = model.pool.first_input()?;
+        let size = super::fixed_dim(&shape, 3, 320);
+        let output = model.pool.first_output()?;
         Ok(Self {
             model,
             input,
