@@ -51,19 +51,50 @@ struct SpanTrack {
 }
 
 impl SpanTrack {
+    /// Feeds one slice; returns the finding for a span this slice closed.
     fn push(
         &mut self,
         pts: u64,
         hit: Option<(f32, Option<BBox>)>,
         image: &Arc<RgbImage>,
-    ) -> Option<(Span, Option<(u64, Arc<RgbImage>, Option<BBox>)>)> {
+        ev: &mut EvidenceSink,
+        errors: &mut Vec<String>,
+    ) -> Option<Finding> {
         if let Some((score, bbox)) = hit {
             self.picker.offer(score, pts, image, bbox);
         }
-        self.builder.push(pts, hit.is_some()).map(|span| {
-            let ev = self.picker.take(&span);
-            (span, ev)
-        })
+        let span = self.builder.push(pts, hit.is_some())?;
+        Some(self.finding(span, ev, errors))
+    }
+
+    /// Closes the span still open at the end of the recording.
+    fn finish(&mut self, ev: &mut EvidenceSink, errors: &mut Vec<String>) -> Option<Finding> {
+        let span = self.builder.finish()?;
+        Some(self.finding(span, ev, errors))
+    }
+
+    /// The finding for a closed span, with the best slice inside it written as evidence.
+    fn finding(&mut self, span: Span, ev: &mut EvidenceSink, errors: &mut Vec<String>) -> Finding {
+        let mut e = Evidence::default();
+        if let Some((pts, image, bbox)) = self.picker.take(&span) {
+            match ev.slice(self.label, pts, &image) {
+                Ok(p) => e.slice_path = Some(p),
+                Err(err) => errors.push(err.to_string()),
+            }
+            e.bbox = bbox;
+        }
+        Finding {
+            label: self.label.to_string(),
+            severity: Default::default(),
+            track: self.track,
+            start_ms: span.start_ms,
+            end_ms: span.end_ms,
+            confidence: span.hit_ratio(),
+            model: self.model.clone(),
+            rule_id: self.rule_id.to_string(),
+            evidence: e,
+            reason: (self.describe)(&span),
+        }
     }
 }
 
@@ -229,8 +260,7 @@ impl VisualFindings {
                 .map(|s| (s, None)),
         ];
         for (i, hit) in hits.into_iter().enumerate() {
-            if let Some((span, evidence)) = self.camera[i].push(pts, hit, image) {
-                let f = finding(&self.camera[i], span, evidence, ev, &mut self.errors);
+            if let Some(f) = self.camera[i].push(pts, hit, image, ev, &mut self.errors) {
                 self.findings.push(f);
             }
         }
@@ -248,8 +278,10 @@ impl VisualFindings {
             .nudity
             .filter(|&s| s >= ctx.policy.nudity.threshold)
             .map(|s| (s, None));
-        if let Some((span, evidence)) = self.desktop_nudity.push(pts, hit, image) {
-            let f = finding(&self.desktop_nudity, span, evidence, ev, &mut self.errors);
+        if let Some(f) = self
+            .desktop_nudity
+            .push(pts, hit, image, ev, &mut self.errors)
+        {
             self.findings.push(f);
         }
         if let Some(lines) = &obs.ocr {
@@ -295,50 +327,18 @@ impl VisualFindings {
 
     /// Closes every open span at the end of the recording (`end_ms`).
     pub fn finish(&mut self, end_ms: u64, ev: &mut EvidenceSink) -> Vec<String> {
-        for i in 0..self.camera.len() {
-            if let Some(span) = self.camera[i].builder.finish() {
-                let evidence = self.camera[i].picker.take(&span);
-                let f = finding(&self.camera[i], span, evidence, ev, &mut self.errors);
+        for track in self
+            .camera
+            .iter_mut()
+            .chain(std::iter::once(&mut self.desktop_nudity))
+        {
+            if let Some(f) = track.finish(ev, &mut self.errors) {
                 self.findings.push(f);
             }
-        }
-        if let Some(span) = self.desktop_nudity.builder.finish() {
-            let evidence = self.desktop_nudity.picker.take(&span);
-            let f = finding(&self.desktop_nudity, span, evidence, ev, &mut self.errors);
-            self.findings.push(f);
         }
         let closed = self.screen_text.finish(end_ms);
         self.close_text(closed, ev);
         std::mem::take(&mut self.errors)
-    }
-}
-
-fn finding(
-    t: &SpanTrack,
-    span: Span,
-    evidence: Option<(u64, Arc<RgbImage>, Option<BBox>)>,
-    ev: &mut EvidenceSink,
-    errors: &mut Vec<String>,
-) -> Finding {
-    let mut e = Evidence::default();
-    if let Some((pts, image, bbox)) = evidence {
-        match ev.slice(t.label, pts, &image) {
-            Ok(p) => e.slice_path = Some(p),
-            Err(err) => errors.push(err.to_string()),
-        }
-        e.bbox = bbox;
-    }
-    Finding {
-        label: t.label.to_string(),
-        severity: Default::default(),
-        track: t.track,
-        start_ms: span.start_ms,
-        end_ms: span.end_ms,
-        confidence: span.hit_ratio(),
-        model: t.model.clone(),
-        rule_id: t.rule_id.to_string(),
-        evidence: e,
-        reason: (t.describe)(&span),
     }
 }
 
