@@ -291,20 +291,34 @@ impl Verdict {
     /// Same recording bytes + same policy + same model files => same key, whatever the run's timing,
     /// source path or creation time. The store uses it to make re-runs write nothing new.
     pub fn idempotency_key(&self) -> String {
-        let mut hashes: Vec<&str> = self.models.iter().map(|m| m.sha256.as_str()).collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        let mut h = Sha256::new();
-        h.update(b"classguard-verdict-v1\n");
-        h.update(self.recording.sha256.as_bytes());
-        h.update(b"\n");
-        h.update(self.policy.fingerprint.as_bytes());
-        for m in hashes {
-            h.update(b"\n");
-            h.update(m.as_bytes());
-        }
-        hex::encode(h.finalize())
+        idempotency_key(
+            &self.recording.sha256,
+            &self.policy.fingerprint,
+            self.models.iter().map(|m| m.sha256.as_str()),
+        )
     }
+}
+
+/// The key of a verdict from what produced it, computable before auditing (to skip work that is
+/// already done): content sha256, policy fingerprint and the model files' hashes in any order.
+pub fn idempotency_key<'a>(
+    recording_sha256: &str,
+    policy_fingerprint: &str,
+    model_hashes: impl Iterator<Item = &'a str>,
+) -> String {
+    let mut hashes: Vec<&str> = model_hashes.collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    let mut h = Sha256::new();
+    h.update(b"classguard-verdict-v1\n");
+    h.update(recording_sha256.as_bytes());
+    h.update(b"\n");
+    h.update(policy_fingerprint.as_bytes());
+    for m in hashes {
+        h.update(b"\n");
+        h.update(m.as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 /// Current time as RFC 3339 UTC, the format of `created_at`.

@@ -406,7 +406,12 @@ fn scan_one(
             return (row, None);
         }
     };
-    let key = audit::error_verdict(rec, &sha, policy, models, String::new()).idempotency_key();
+    let uses = models.uses();
+    let key = crate::verdict::idempotency_key(
+        &sha,
+        &policy.fingerprint(),
+        uses.iter().map(|m| m.sha256.as_str()),
+    );
     if let Some(existing) = read_verdict(&verdict_path).filter(|v| v.idempotency_key() == key) {
         info!(recording = %rec.id, "already audited with the same content, policy and models");
         row.fill_from(&existing, RowStatus::Skipped);
