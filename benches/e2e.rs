@@ -235,6 +235,8 @@ struct Measured {
     frames: Option<u64>,
     slices: Option<u64>,
     load_before: String,
+    /// Model calls and per-stage throughput from a scan's verdict.json.
+    details: Option<String>,
 }
 
 enum Outcome {
@@ -322,6 +324,51 @@ fn read_counts(out: &Path) -> (Option<u64>, Option<u64>) {
     (decoded, slices)
 }
 
+/// "model calls: ...; stages: ..." from the run's verdict.json stats (scan rows only).
+fn read_details(out: &Path) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(find_file(out, "verdict.json")?).ok()?).ok()?;
+    let stats = &v["stats"];
+    let calls: Vec<String> = stats["model_calls"]
+        .as_object()?
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let stages: Vec<String> = stats["stages"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, st)| {
+            let (ms, n) = (
+                st["wall_ms"].as_f64().unwrap_or(0.0),
+                st["frames"].as_u64().unwrap_or(0),
+            );
+            let rate = if ms > 0.0 {
+                format!("{:.1}/s", n as f64 * 1000.0 / ms)
+            } else {
+                "-".into()
+            };
+            format!("{k} {n} in {:.1} s ({rate})", ms / 1000.0)
+        })
+        .collect();
+    let saved: Vec<String> = stats["gate_savings"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    Some(format!(
+        "model calls: {}; stages (items, busy time, items/s): {}; gate savings: {}",
+        calls.join(", "),
+        stages.join(", "),
+        if saved.is_empty() {
+            "-".into()
+        } else {
+            saved.join(", ")
+        }
+    ))
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -373,6 +420,7 @@ fn run_row(row: &Row, ctx_base: &CtxBase, input: &Input, repeat: usize) -> Outco
             frames,
             slices,
             load_before,
+            details: read_details(&out),
         };
         if best.as_ref().is_none_or(|b| m.wall_s < b.wall_s) {
             best = Some(m);
@@ -438,6 +486,21 @@ fn print_table(input: &Input, results: &[(&'static str, Outcome)]) {
             ),
             Outcome::Skipped(why) => println!("| {name} | skipped: {why} ||||||||||"),
             Outcome::Failed(why) => println!("| {name} | FAILED: {why} ||||||||||"),
+        }
+    }
+    let details: Vec<String> = results
+        .iter()
+        .filter_map(|(name, o)| match o {
+            Outcome::Ran(m) => m.details.as_ref().map(|d| format!("- `{name}`: {d}")),
+            _ => None,
+        })
+        .collect();
+    if !details.is_empty() {
+        println!();
+        println!("Per row, from its verdict.json:");
+        println!();
+        for d in details {
+            println!("{d}");
         }
     }
 }

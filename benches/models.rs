@@ -313,30 +313,42 @@ fn bench_audio(c: &mut Criterion, audio: &[f32]) {
             )
         })
     });
-    let (shape, k, v) = w.encode(&mel).unwrap();
+    let cross = w.encode(&mel).unwrap();
     // One decoder step with 32 cached positions.
-    let past_shape = [shape[0], 1, shape[2], 32, shape[4]];
+    let layers = cross.layers();
+    let cross_shape = [1, cross.heads, cross.frames, cross.dim];
+    let past_shape = [layers, 1, cross.heads, 32, cross.dim];
     let past = vec![0.01f32; past_shape.iter().product()];
     let tok = [50257i64];
     let off = [32i64];
+    let names: Vec<(String, String)> = (0..layers)
+        .map(|l| (format!("cross_k_{l}"), format!("cross_v_{l}")))
+        .collect();
     g.bench_function("decoder_step_raw_session_run", |b| {
         b.iter(|| {
-            black_box(
-                w.decoder_pool()
-                    .run_raw(&[
-                        ("tokens", RawInput::I64(&[1, 1], &tok)),
-                        ("offset", RawInput::I64(&[1], &off)),
-                        ("cross_k", RawInput::F32(&shape, &k)),
-                        ("cross_v", RawInput::F32(&shape, &v)),
-                        ("past_k", RawInput::F32(&past_shape, &past)),
-                        ("past_v", RawInput::F32(&past_shape, &past)),
-                    ])
-                    .unwrap(),
-            )
+            let mut inputs = vec![
+                ("tokens", RawInput::I64(&[1, 1], &tok)),
+                ("offset", RawInput::I64(&[1], &off)),
+                ("past_k", RawInput::F32(&past_shape, &past)),
+                ("past_v", RawInput::F32(&past_shape, &past)),
+            ];
+            for (l, (kn, vn)) in names.iter().enumerate() {
+                inputs.push((kn.as_str(), RawInput::F32(&cross_shape, &cross.k[l])));
+                inputs.push((vn.as_str(), RawInput::F32(&cross_shape, &cross.v[l])));
+            }
+            black_box(w.decoder_pool().run_raw(&inputs).unwrap());
         })
     });
     g.bench_function("decode_window_greedy", |b| {
-        b.iter(|| black_box(w.decode_window(&shape, &k, &v).unwrap()))
+        b.iter(|| black_box(w.decode_windows(cross.clone()).unwrap()))
+    });
+    // The same window four times in one batch: the cost per window of batched decoding.
+    let mut four = cross.clone();
+    for _ in 0..3 {
+        four.append(cross.clone()).unwrap();
+    }
+    g.bench_function("decode_4_windows_batched", |b| {
+        b.iter(|| black_box(w.decode_windows(four.clone()).unwrap()))
     });
     g.finish();
 }
@@ -364,6 +376,7 @@ fn print_medians() {
         ("whisper", "encoder_wrapper", "encoder_raw_session_run"),
         ("whisper", "log_mel_30s", "decoder_step_raw_session_run"),
         ("whisper", "decode_window_greedy", ""),
+        ("whisper", "decode_4_windows_batched", ""),
     ];
     let median_ms = |g: &str, f: &str| -> Option<f64> {
         if f.is_empty() {

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use classguard::models::imageops::{flip_horizontal, rotate};
+use classguard::models::whisper::AudioJob;
 use classguard::models::{
     cosine, load_model, FaceDetector, FaceDetectorKind, FaceEmbedder, ModelError, ModelHome,
     ModelOptions, NsfwClassifier, NudeNetDetector, Ocr, RawInput, SpeechSegment, UltraFace, Vad,
@@ -719,8 +720,8 @@ fn whisper_greedy_matches_reference_tokens() {
     let w = whisper();
     let mut mel = Vec::new();
     w.log_mel().compute(&audio, &mut mel);
-    let (shape, k, v) = w.encode(&mel).unwrap();
-    assert_eq!(w.decode_greedy(&shape, &k, &v, false).unwrap(), want);
+    let cross = w.encode(&mel).unwrap();
+    assert_eq!(w.decode_greedy(cross, false).unwrap().0, vec![want]);
     let t = w.transcribe(&audio).unwrap();
     assert_eq!(t.text, doc["extra"]["greedy_text"].as_str().unwrap().trim());
     assert_eq!(t.segments.len(), 1);
@@ -768,6 +769,61 @@ fn whisper_transcribes_sentences_with_low_wer() {
     let eg = wer(&reference, &gated.text);
     eprintln!("VAD-gated WER {:.1}%: {}", eg * 100.0, gated.text);
     assert!(eg <= 0.10, "gated WER {eg}");
+}
+
+/// Decoding windows together must give each window exactly the tokens it gets alone, also
+/// when windows leave the batch at different steps (different lengths of speech).
+#[test]
+fn whisper_batched_decoding_equals_one_window_at_a_time() {
+    let (signal, truth) = speech_track();
+    let w = whisper();
+    // One piece per true sentence, plus one of silence (leaves the batch at once).
+    let mut pieces: Vec<&[f32]> = truth
+        .iter()
+        .map(|&(s, e)| {
+            &signal
+                [(s as usize * 16).saturating_sub(3200)..(e as usize * 16 + 3200).min(signal.len())]
+        })
+        .collect();
+    let silence = vec![0.0f32; 48_000];
+    pieces.insert(1, &silence);
+    let jobs: Vec<AudioJob<'_>> = pieces
+        .iter()
+        .map(|p| AudioJob {
+            samples: p,
+            regions: None,
+        })
+        .collect();
+    let alone = w.transcribe_batch(&jobs, 1).unwrap();
+    let batched = w.transcribe_batch(&jobs, 4).unwrap();
+    assert_eq!(alone.windows, batched.windows);
+    assert!(
+        batched.decoder_steps * 2 < alone.decoder_steps,
+        "batching saved too few decoder runs: {} vs {}",
+        batched.decoder_steps,
+        alone.decoder_steps
+    );
+    for (i, (a, b)) in alone
+        .transcripts
+        .iter()
+        .zip(&batched.transcripts)
+        .enumerate()
+    {
+        assert_eq!(a, b, "piece {i}");
+    }
+    eprintln!(
+        "decoder runs: {} alone, {} batched; silence piece: {:?}",
+        alone.decoder_steps, batched.decoder_steps, batched.transcripts[1].text
+    );
+    let words: usize = batched
+        .transcripts
+        .iter()
+        .map(|t| t.text.split_whitespace().count())
+        .sum();
+    assert!(
+        words >= SENTENCES.join(" ").split_whitespace().count() * 9 / 10,
+        "{words} words"
+    );
 }
 
 #[test]

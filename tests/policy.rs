@@ -99,7 +99,8 @@ fn out_of_range_values_name_the_field_and_file() {
             "vad_neg_threshold = 0.9",
             "speech.vad_neg_threshold",
         ),
-        ("gates", "batch_size = 0", "gates.batch_size"),
+        ("gates", "whisper_batch = 0", "gates.whisper_batch"),
+        ("gates", "whisper_batch = 64", "gates.whisper_batch"),
         ("limits", "max_file_bytes = 0", "limits.max_file_bytes"),
         ("evidence", "retention_days = 0", "evidence.retention_days"),
     ];

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whisper_mel import log_mel, read_wav_16k_mono  # noqa: E402
-from whisper_verify import Tokenizer, greedy  # noqa: E402
+from whisper_verify import Tokenizer, cross_feeds, greedy  # noqa: E402
 
 MAX_VALUES = 4096
 WHISPER_SENTENCE = "Hello everyone, welcome to today's class."
@@ -261,7 +261,7 @@ def whisper(home, models, ref_dir, prefix, only):
     empty = np.zeros((L, B, H, 0, dh), np.float32)
     prompt = np.array([Tokenizer(os.path.join(models, prefix + "-tokenizer.json")).prompt(
         dec.get_outputs()[0].shape[2])], np.int64)
-    feeds = {"tokens": prompt, "offset": np.array([0], np.int64), "cross_k": ck, "cross_v": cv,
+    feeds = {"tokens": prompt, "offset": np.array([0], np.int64), **cross_feeds(ck, cv),
              "past_k": empty, "past_v": empty}
     cfg = json.load(open(os.path.join(models, prefix + "-config.json")))
     tok = Tokenizer(os.path.join(models, prefix + "-tokenizer.json"))
@@ -270,7 +270,7 @@ def whisper(home, models, ref_dir, prefix, only):
     write_reference(ref_dir, dec_file[:-5], dec_file,
                     f"first decoder step: prompt {prompt[0].tolist()} (<|startoftranscript|> [<|en|> <|transcribe|>] "
                     "<|notimestamps|>), offset 0, "
-                    "cross_k/cross_v from the encoder reference, empty past (P = 0)",
+                    "cross_k_l/cross_v_l: layer l of the encoder reference's cross_k/cross_v, empty past (P = 0)",
                     feeds, dec,
                     extra={"greedy_tokens": greedy_tokens, "greedy_text": text,
                            "greedy_rule": "prompt as the decoder input; config suppress_ids always, suppress_ids_begin "

@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import rgb, session, yunet_faces, yunet_input  # noqa: E402
+from whisper_verify import cross_feeds  # noqa: E402
 
 # Concrete shapes for the dynamic dimensions of each model's inputs.
 DUMMY = {
@@ -49,7 +50,7 @@ def whisper(models, prefix):
     L, B, H, _, dh = ck.shape
     empty = np.zeros((L, B, H, 0, dh), np.float32)
     logits, pk, pv = dec.run(None, {"tokens": np.array([[50257, 50258]], np.int64), "offset": np.array([0], np.int64),
-                                    "cross_k": ck, "cross_v": cv, "past_k": empty, "past_v": empty})
+                                    **cross_feeds(ck, cv), "past_k": empty, "past_v": empty})
     check_finite(prefix, ["logits", "present_k", "present_v"], [logits, pk, pv])
     if pk.shape[3] != 2:
         raise RuntimeError(f"{prefix}-decoder.onnx: present_k has {pk.shape[3]} positions, expected 2")

@@ -11,7 +11,11 @@ Encoder graph
 Decoder graph (one or more new tokens, with a self-attention KV cache)
   inputs  tokens   int64   [B, T]
           offset   int64   [1]                 position index of tokens[:, 0]
-          cross_k, cross_v                     as produced by the encoder
+          cross_k_0..cross_k_{L-1}, cross_v_0..cross_v_{L-1}
+                   float32 [B, H, 1500, Dh]    the encoder's cross_k/cross_v split by layer: one
+                                               input per layer, so that no step copies them (a
+                                               Gather of layer l out of [L, ...] copies 2.3 MB per
+                                               layer per token, ~15% of a decoding step)
           past_k   float32 [L, B, H, P, Dh]    self-attention keys of earlier tokens (P may be 0)
           past_v   float32 [L, B, H, P, Dh]
   outputs logits   float32 [B, T, vocab]
@@ -228,9 +232,7 @@ def build_decoder(t, m):
         h = b.layer_norm(x, t, p + "/attention/layer_norm")
         q = b.split_heads(b.linear(h, t[p + "/attention/linear_0/weight"], t[p + "/attention/linear_0/bias"],
                                    p + "/attention/linear_0"), H, dh)
-        ck = b.op("Gather", ["cross_k", li], axis=0)
-        cv = b.op("Gather", ["cross_v", li], axis=0)
-        a = b.attention(q, ck, cv, dh)
+        a = b.attention(q, f"cross_k_{l}", f"cross_v_{l}", dh)
         a = b.linear(a, t[p + "/attention/linear_2/weight"], t[p + "/attention/linear_2/bias"],
                      p + "/attention/linear_2")
         x = b.op("Add", [x, a])
@@ -247,15 +249,15 @@ def build_decoder(t, m):
     b.nodes.append(helper.make_node("Reshape", [lg, out_shape], ["logits"], name="reshape_logits"))
     b.nodes.append(helper.make_node("Concat", present_k, ["present_k"], axis=0, name="concat_present_k"))
     b.nodes.append(helper.make_node("Concat", present_v, ["present_v"], axis=0, name="concat_present_v"))
-    cross = [L, "batch", H, m["n_ctx"], dh]
+    cross = ["batch", H, m["n_ctx"], dh]
     past = [L, "batch", H, "past", dh]
     pres = [L, "batch", H, "past_plus_new", dh]
     return make_model(
         b,
         [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "new"]),
          helper.make_tensor_value_info("offset", TensorProto.INT64, [1]),
-         helper.make_tensor_value_info("cross_k", TensorProto.FLOAT, cross),
-         helper.make_tensor_value_info("cross_v", TensorProto.FLOAT, cross),
+         *[helper.make_tensor_value_info(f"cross_{kv}_{l}", TensorProto.FLOAT, cross)
+           for kv in "kv" for l in range(L)],
          helper.make_tensor_value_info("past_k", TensorProto.FLOAT, past),
          helper.make_tensor_value_info("past_v", TensorProto.FLOAT, past)],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "new", m["vocab"]]),

@@ -81,6 +81,13 @@ def empty_past(cross_k):
     return np.zeros((L, B, H, 0, dh), np.float32)
 
 
+def cross_feeds(cross_k, cross_v):
+    """The decoder takes the encoder's [L, B, H, 1500, Dh] cross K/V as one input per layer."""
+    feeds = {f"cross_k_{l}": cross_k[l] for l in range(cross_k.shape[0])}
+    feeds.update({f"cross_v_{l}": cross_v[l] for l in range(cross_v.shape[0])})
+    return feeds
+
+
 def greedy(enc, dec, mel, cfg, tok, max_len=100):
     cross_k, cross_v = enc.run(None, {"mel": mel[None]})
     past_k = past_v = empty_past(cross_k)
@@ -93,7 +100,7 @@ def greedy(enc, dec, mel, cfg, tok, max_len=100):
     out = []
     for step in range(max_len):
         logits, past_k, past_v = dec.run(None, {"tokens": new, "offset": np.array([offset], np.int64),
-                                                "cross_k": cross_k, "cross_v": cross_v,
+                                                **cross_feeds(cross_k, cross_v),
                                                 "past_k": past_k, "past_v": past_v})
         offset += new.shape[1]
         last = logits[0, -1].copy()
@@ -133,12 +140,12 @@ def main():
             # KV cache equivalence: last step with the cache vs. whole prefix without.
             full = np.array([tokens], np.int64)
             past = empty_past(ck)
-            lf, pk_full, pv_full = dec.run(None, {"tokens": full, "offset": np.array([0], np.int64), "cross_k": ck,
-                                                  "cross_v": cv, "past_k": past, "past_v": past})
-            _, pk, pv = dec.run(None, {"tokens": full[:, :-1], "offset": np.array([0], np.int64), "cross_k": ck,
-                                       "cross_v": cv, "past_k": past, "past_v": past})
+            lf, pk_full, pv_full = dec.run(None, {"tokens": full, "offset": np.array([0], np.int64),
+                                                  **cross_feeds(ck, cv), "past_k": past, "past_v": past})
+            _, pk, pv = dec.run(None, {"tokens": full[:, :-1], "offset": np.array([0], np.int64),
+                                       **cross_feeds(ck, cv), "past_k": past, "past_v": past})
             ls, pk2, _ = dec.run(None, {"tokens": full[:, -1:], "offset": np.array([full.shape[1] - 1], np.int64),
-                                        "cross_k": ck, "cross_v": cv, "past_k": pk, "past_v": pv})
+                                        **cross_feeds(ck, cv), "past_k": pk, "past_v": pv})
             diff = float(np.max(np.abs(lf[0, -1] - ls[0, -1])))
             kdiff = float(np.max(np.abs(pk_full - pk2)))
             print(f"whisper_verify: cache vs full prefix ({full.shape[1]} tokens): max |dlogits| {diff:.2e}, "

@@ -652,7 +652,12 @@ pub fn audit(
         model_calls.insert(v.id().to_string(), speech_result.vad_chunks);
     }
     if let Some(w) = &models.whisper {
+        // Encoder passes (30 s windows); decoder runs separately, as batching shares them.
         model_calls.insert(w.id().to_string(), speech_result.whisper_windows);
+        model_calls.insert(
+            format!("{}-decoder-steps", w.id()),
+            speech_result.whisper_decoder_steps,
+        );
         gate_savings.insert(
             "whisper_speech_only".into(),
             speech_result.skipped_audio_ms / 30_000,

@@ -1,9 +1,10 @@
 //! The microphone: VAD over every sample, Whisper only over speech, the text policy over the
 //! transcript. Runs on its own thread, fed in recording order through a bounded channel.
 //!
-//! Memory: audio is buffered only from the start of the oldest untranscribed speech (or the last
-//! second, during silence), and speech is transcribed in groups of at most 30 s, so a long
-//! recording holds at most a few tens of seconds of samples.
+//! Memory: audio is buffered only from the start of the oldest speech the VAD has not closed (or
+//! the last two minutes of unbroken speech), and closed groups of at most ~30 s are copied out
+//! and queued until `gates.whisper_batch` of them can be decoded together, so a long recording
+//! holds at most a few minutes of samples.
 //!
 //! With the `whisper_speech_only` gate off, the VAD still runs (speech spans, silence findings)
 //! but Whisper transcribes all audio, in consecutive 30 s windows, whatever the VAD heard.
@@ -14,7 +15,7 @@ use super::evidence::EvidenceSink;
 use super::findings::{describe_label, redact};
 use super::AuditModels;
 use crate::models::vad::SpeechSegment;
-use crate::models::whisper::TranscriptSegment;
+use crate::models::whisper::{AudioJob, Transcript, TranscriptSegment};
 use crate::policy::Policy;
 use crate::slice::AudioChunk;
 use crate::verdict::{Evidence, Finding, ModelRef, Track};
@@ -40,10 +41,22 @@ pub struct SpeechResult {
     pub audio_end_ms: u64,
     pub vad_chunks: u64,
     pub whisper_windows: u64,
+    /// Decoder runs; with batching one run serves several windows.
+    pub whisper_decoder_steps: u64,
     /// Audio (ms) Whisper did not have to look at because the VAD heard no speech.
     pub skipped_audio_ms: u64,
     pub errors: Vec<String>,
     pub busy_ms: u64,
+}
+
+/// Audio waiting for Whisper, with its own copy of the samples: the stream buffer need not keep
+/// everything between the oldest queued group and now (which could be hours of silence).
+struct Queued {
+    /// Recording ms of `samples[0]`.
+    start_ms: u64,
+    samples: Vec<f32>,
+    /// Speech in `samples` (ms from its start); `None`: transcribe all of it.
+    regions: Option<Vec<SpeechSegment>>,
 }
 
 struct Buffer {
@@ -91,6 +104,7 @@ pub fn run(
     let mut stream = vad.stream();
     let mut buf: Option<Buffer> = None;
     let mut pending: Vec<SpeechSegment> = Vec::new();
+    let mut queue: Vec<Queued> = Vec::new();
     let whisper_ref = models
         .whisper
         .as_ref()
@@ -116,6 +130,7 @@ pub fn run(
             policy,
             b,
             &mut pending,
+            &mut queue,
             false,
             whisper_ref.as_ref(),
             ev,
@@ -132,6 +147,7 @@ pub fn run(
             policy,
             b,
             &mut pending,
+            &mut queue,
             true,
             whisper_ref.as_ref(),
             ev,
@@ -155,6 +171,7 @@ fn flush(
     policy: &Policy,
     b: &mut Buffer,
     pending: &mut Vec<SpeechSegment>,
+    queue: &mut Vec<Queued>,
     at_end: bool,
     whisper_ref: Option<&ModelRef>,
     ev: &mut EvidenceSink,
@@ -176,8 +193,24 @@ fn flush(
             r.speech
                 .push((b.offset_ms + s.start_ms, b.offset_ms + s.end_ms));
         }
-        if policy.gates.whisper_speech_only {
-            transcribe_group(models, policy, b, &group, whisper_ref, ev, r);
+        if policy.gates.whisper_speech_only && models.whisper.is_some() {
+            let start_ms = group[0].start_ms;
+            let end_ms = group.last().map_or(start_ms, |s| s.end_ms);
+            queue.push(Queued {
+                start_ms: b.offset_ms + start_ms,
+                samples: b
+                    .range(start_ms * RATE / 1000, end_ms * RATE / 1000)
+                    .to_vec(),
+                regions: Some(
+                    group
+                        .iter()
+                        .map(|s| SpeechSegment {
+                            start_ms: s.start_ms - start_ms,
+                            end_ms: s.end_ms - start_ms,
+                        })
+                        .collect(),
+                ),
+            });
         }
     }
     if !policy.gates.whisper_speech_only {
@@ -187,10 +220,20 @@ fn flush(
         {
             let start_ms = b.transcribed_ms;
             let end_ms = (start_ms + ALL_AUDIO_WINDOW_MS).min(buffered_ms);
-            let window = [SpeechSegment { start_ms, end_ms }];
-            transcribe_group(models, policy, b, &window, whisper_ref, ev, r);
+            if models.whisper.is_some() {
+                queue.push(Queued {
+                    start_ms: b.offset_ms + start_ms,
+                    samples: b
+                        .range(start_ms * RATE / 1000, end_ms * RATE / 1000)
+                        .to_vec(),
+                    regions: None,
+                });
+            }
             b.transcribed_ms = end_ms;
         }
+    }
+    if !queue.is_empty() && (at_end || queue.len() >= policy.gates.whisper_batch) {
+        transcribe_queue(models, policy, queue, whisper_ref, ev, r);
     }
     // The VAD reports a segment only once it has ended, so keep enough history for speech that is
     // still going on, and everything from the oldest segment not yet transcribed.
@@ -204,41 +247,55 @@ fn flush(
     b.drop_before(keep_from_ms * RATE / 1000);
 }
 
-fn transcribe_group(
+/// Transcribes every queued group (decoding up to `gates.whisper_batch` windows together) and
+/// runs the text policy over each group's transcript.
+fn transcribe_queue(
     models: &AuditModels,
     policy: &Policy,
-    b: &Buffer,
-    group: &[SpeechSegment],
+    queue: &mut Vec<Queued>,
     whisper_ref: Option<&ModelRef>,
     ev: &mut EvidenceSink,
     r: &mut SpeechResult,
 ) {
     let (Some(whisper), Some(model)) = (&models.whisper, whisper_ref) else {
+        queue.clear();
         return;
     };
-    let start_ms = group[0].start_ms;
-    let end_ms = group.last().map(|s| s.end_ms).unwrap_or(start_ms);
-    let start_sample = start_ms * RATE / 1000;
-    let samples = b.range(start_sample, end_ms * RATE / 1000);
-    if samples.is_empty() {
-        return;
-    }
-    let regions: Vec<SpeechSegment> = group
+    let jobs: Vec<AudioJob<'_>> = queue
         .iter()
-        .map(|s| SpeechSegment {
-            start_ms: s.start_ms - start_ms,
-            end_ms: s.end_ms - start_ms,
+        .map(|q| AudioJob {
+            samples: &q.samples,
+            regions: q.regions.as_deref(),
         })
         .collect();
-    r.whisper_windows += 1;
-    let transcript = match whisper.transcribe_regions(samples, &regions) {
-        Ok(t) => t,
+    let done = whisper.transcribe_batch(&jobs, policy.gates.whisper_batch);
+    drop(jobs);
+    match done {
+        Ok(out) => {
+            r.whisper_windows += out.windows;
+            r.whisper_decoder_steps += out.decoder_steps;
+            for (q, transcript) in queue.drain(..).zip(out.transcripts) {
+                scan_transcript(policy, &q, transcript, model, ev, r);
+            }
+        }
         Err(e) => {
             r.errors.push(format!("whisper: {e}"));
-            return;
+            queue.clear();
         }
-    };
-    let abs = b.offset_ms + start_ms;
+    }
+}
+
+/// Text policy over one group's transcript: findings with the audio clip and excerpt.
+fn scan_transcript(
+    policy: &Policy,
+    q: &Queued,
+    transcript: Transcript,
+    model: &ModelRef,
+    ev: &mut EvidenceSink,
+    r: &mut SpeechResult,
+) {
+    let abs = q.start_ms;
+    let dur_ms = q.samples.len() as u64 * 1000 / RATE;
     let segs: Vec<TranscriptSegment> = transcript
         .segments
         .into_iter()
@@ -262,7 +319,7 @@ fn transcribe_group(
         }
     }
     for h in policy.text().scan(&whole) {
-        hits.push((h, abs, abs + (end_ms - start_ms), whole.clone()));
+        hits.push((h, abs, abs + dur_ms, whole.clone()));
     }
     for (hit, s, e, excerpt) in hits {
         if seen.iter().any(|(id, m)| {
@@ -271,10 +328,8 @@ fn transcribe_group(
             continue;
         }
         seen.push((hit.rule_id.clone(), hit.matched.clone()));
-        let clip = b.range(
-            start_sample.max((s - b.offset_ms) * RATE / 1000),
-            (e - b.offset_ms) * RATE / 1000,
-        );
+        let at = |ms: u64| ((ms.saturating_sub(abs) * RATE / 1000) as usize).min(q.samples.len());
+        let clip = &q.samples[at(s)..at(e).max(at(s))];
         let audio_clip = match ev.audio(&hit.label, s, clip) {
             Ok(p) => Some(p),
             Err(err) => {

@@ -484,8 +484,24 @@ impl SessionPool {
 
     /// Output names of the model.
     pub fn output_names(&self) -> Vec<String> {
+        self.output_shapes().into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Output names and shapes (`-1` = dynamic) of the model.
+    pub fn output_shapes(&self) -> Vec<(String, Vec<i64>)> {
         let s = self.checkout();
-        s.outputs().iter().map(|o| o.name().to_string()).collect()
+        s.outputs()
+            .iter()
+            .map(|o| {
+                (
+                    o.name().to_string(),
+                    o.dtype()
+                        .tensor_shape()
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     /// Runs the model on raw named inputs and returns every float output as (name, shape,
