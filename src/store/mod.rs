@@ -209,17 +209,18 @@ impl Store {
         };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        // Switching to WAL needs a moment of exclusive access; the busy handler covers a concurrent opener.
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(open_err)?;
+        // Switching to WAL needs a moment of exclusive access. SQLite returns SQLITE_BUSY at once,
+        // without calling the busy handler, when a concurrent opener is switching too or running
+        // WAL recovery, so those steps retry until the busy timeout.
+        let mode: String = retry_busy(|| {
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        })
+        .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "store is not in WAL mode");
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
+        retry_busy(|| conn.pragma_update(None, "synchronous", "NORMAL")).map_err(open_err)?;
+        retry_busy(|| conn.pragma_update(None, "foreign_keys", "ON")).map_err(open_err)?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -498,4 +499,24 @@ impl Store {
 /// SQLite integers are i64; times beyond 292 million years are clamped rather than wrapped.
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Runs `f` again while SQLite reports the database busy or locked, up to [`BUSY_TIMEOUT`].
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && start.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
 }
