@@ -640,6 +640,26 @@ pub fn audit(
             frames: speech_result.whisper_windows,
         },
     );
+    // Inside the speech stage: VAD chunks, Whisper windows encoded, Whisper decoder runs.
+    for (name, wall_ms, frames) in [
+        ("speech_vad", speech_result.vad_ms, speech_result.vad_chunks),
+        (
+            "speech_whisper_encode",
+            speech_result.encode_ms,
+            speech_result.whisper_windows,
+        ),
+        (
+            "speech_whisper_decode",
+            speech_result.decode_ms,
+            speech_result.whisper_decoder_steps,
+        ),
+    ] {
+        if frames > 0 {
+            stats
+                .stages
+                .insert(name.into(), StageStats { wall_ms, frames });
+        }
+    }
     let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut model_calls = BTreeMap::new();
     model_calls.insert(models.face_detector.id().to_string(), c(&calls.face_detect));

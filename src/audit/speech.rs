@@ -15,17 +15,21 @@ use super::evidence::EvidenceSink;
 use super::findings::{describe_label, redact};
 use super::AuditModels;
 use crate::models::vad::SpeechSegment;
-use crate::models::whisper::{AudioJob, Transcript, TranscriptSegment};
+use crate::models::whisper::{self, AudioJob, Transcript, TranscriptSegment};
 use crate::policy::Policy;
 use crate::slice::AudioChunk;
 use crate::verdict::{Evidence, Finding, ModelRef, Track};
 
 const RATE: u64 = 16_000;
-/// A pause this long ends a speech group early. Shorter pauses stay inside the group, so several
-/// phrases share one 30 s encoder window instead of paying a padded window each.
-const MAX_SILENCE_IN_GROUP_MS: u64 = 10_000;
-/// Speech groups handed to Whisper are at most this long (one encoder window).
-const GROUP_MS: u64 = 28_000;
+/// A pause longer than this ends a speech group. Shorter pauses stay inside the group, so several
+/// phrases share one 30 s encoder window instead of paying a padded window each. The same gap
+/// Whisper uses to merge regions into one window ([`whisper::REGION_MERGE_GAP_MS`]), so that a
+/// group is always one window.
+const MAX_SILENCE_IN_GROUP_MS: u64 = whisper::REGION_MERGE_GAP_MS;
+/// Speech groups span at most this much: one 30 s encoder window less Whisper's 200 ms of
+/// context after the last region. A longer group would be cut mid-phrase into a second window,
+/// and the cut-off text decoded twice.
+const GROUP_MS: u64 = 29_500;
 /// Window of the ungated path (`whisper_speech_only = false`): all audio, in 30 s pieces.
 const ALL_AUDIO_WINDOW_MS: u64 = 30_000;
 /// Audio history kept for speech the VAD has not closed yet; longer unbroken speech is
@@ -47,6 +51,10 @@ pub struct SpeechResult {
     pub skipped_audio_ms: u64,
     pub errors: Vec<String>,
     pub busy_ms: u64,
+    /// Time in the VAD, the Whisper encoder and the Whisper decoder (ms).
+    pub vad_ms: u64,
+    pub encode_ms: u64,
+    pub decode_ms: u64,
 }
 
 /// Audio waiting for Whisper, with its own copy of the samples: the stream buffer need not keep
@@ -118,7 +126,10 @@ pub fn run(
         });
         b.samples.extend_from_slice(&chunk.samples);
         r.vad_chunks += (chunk.samples.len() as u64).div_ceil(512);
-        match stream.feed(&chunk.samples) {
+        let vad_t0 = std::time::Instant::now();
+        let fed = stream.feed(&chunk.samples);
+        r.vad_ms += vad_t0.elapsed().as_millis() as u64;
+        match fed {
             Ok(closed) => pending.extend(closed),
             Err(e) => {
                 r.errors.push(format!("vad: {e}"));
@@ -130,6 +141,7 @@ pub fn run(
             policy,
             b,
             &mut pending,
+            stream.open_segment_start_ms(),
             &mut queue,
             false,
             whisper_ref.as_ref(),
@@ -147,6 +159,7 @@ pub fn run(
             policy,
             b,
             &mut pending,
+            None,
             &mut queue,
             true,
             whisper_ref.as_ref(),
@@ -165,12 +178,43 @@ pub fn run(
     r
 }
 
+/// How many of the pending speech segments (VAD order) form the next group for Whisper, once
+/// it is complete: the longest run from the first whose span fits in [`GROUP_MS`] and whose
+/// pauses are at most [`MAX_SILENCE_IN_GROUP_MS`]. Complete when a later segment does not fit,
+/// at the end of the audio, or when what follows is too far away: the segment still in
+/// progress (`open_start_ms`) or, in silence, the audio buffered since the run ended.
+fn ready_group(
+    pending: &[SpeechSegment],
+    buffered_ms: u64,
+    open_start_ms: Option<u64>,
+    at_end: bool,
+) -> Option<usize> {
+    let first = pending.first()?.start_ms;
+    let mut n = 1;
+    while n < pending.len()
+        && pending[n].end_ms.saturating_sub(first) <= GROUP_MS
+        && pending[n].start_ms.saturating_sub(pending[n - 1].end_ms) <= MAX_SILENCE_IN_GROUP_MS
+    {
+        n += 1;
+    }
+    let run_end = pending[n - 1].end_ms;
+    let next_too_far = match open_start_ms {
+        Some(open) => {
+            open.saturating_sub(run_end) > MAX_SILENCE_IN_GROUP_MS
+                || open.saturating_sub(first) >= GROUP_MS
+        }
+        None => buffered_ms.saturating_sub(run_end) > MAX_SILENCE_IN_GROUP_MS,
+    };
+    (n < pending.len() || at_end || next_too_far).then_some(n)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn flush(
     models: &AuditModels,
     policy: &Policy,
     b: &mut Buffer,
     pending: &mut Vec<SpeechSegment>,
+    open_start_ms: Option<u64>,
     queue: &mut Vec<Queued>,
     at_end: bool,
     whisper_ref: Option<&ModelRef>,
@@ -178,17 +222,9 @@ fn flush(
     r: &mut SpeechResult,
 ) {
     let buffered_ms = b.end() * 1000 / RATE;
-    // Transcribe a group when it is long enough, when speech stopped a while ago, or at the end.
-    let ready = match (pending.first(), pending.last()) {
-        (Some(first), Some(last)) => {
-            at_end
-                || last.end_ms - first.start_ms >= GROUP_MS
-                || buffered_ms.saturating_sub(last.end_ms) > MAX_SILENCE_IN_GROUP_MS
-        }
-        _ => false,
-    };
-    if ready {
-        let group: Vec<SpeechSegment> = std::mem::take(pending);
+    while let Some(n) = ready_group(pending, buffered_ms, open_start_ms, at_end) {
+        let group: Vec<SpeechSegment> = pending.drain(..n).collect();
+        tracing::debug!(target: "classguard::speech", buffered_ms, first_ms = group[0].start_ms, last_ms = group[n - 1].end_ms, segments = n, left = pending.len(), "speech group");
         for s in &group {
             r.speech
                 .push((b.offset_ms + s.start_ms, b.offset_ms + s.end_ms));
@@ -274,6 +310,8 @@ fn transcribe_queue(
         Ok(out) => {
             r.whisper_windows += out.windows;
             r.whisper_decoder_steps += out.decoder_steps;
+            r.encode_ms += out.encode_ms;
+            r.decode_ms += out.decode_ms;
             for (q, transcript) in queue.drain(..).zip(out.transcripts) {
                 scan_transcript(policy, &q, transcript, model, ev, r);
             }
@@ -360,4 +398,49 @@ fn scan_transcript(
         });
     }
     r.transcript.extend(segs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start_ms: u64, end_ms: u64) -> SpeechSegment {
+        SpeechSegment { start_ms, end_ms }
+    }
+
+    #[test]
+    fn a_group_is_complete_when_the_next_segment_does_not_fit_in_one_window() {
+        let p = [seg(0, 10_000), seg(11_000, 25_000), seg(26_000, 31_000)];
+        assert_eq!(ready_group(&p, 31_500, None, false), Some(2));
+        // Still open: the last segment may be followed by more that fits.
+        assert_eq!(ready_group(&p[..2], 26_000, None, false), None);
+        assert_eq!(ready_group(&p[..2], 26_000, None, true), Some(2));
+    }
+
+    #[test]
+    fn a_long_pause_ends_a_group() {
+        let p = [seg(0, 5_000), seg(14_000, 16_000)];
+        assert_eq!(ready_group(&p, 16_500, None, false), Some(1));
+        // Silence already longer than the pause limit after the last segment.
+        assert_eq!(ready_group(&p[..1], 13_001, None, false), Some(1));
+        assert_eq!(ready_group(&p[..1], 12_000, None, false), None);
+    }
+
+    #[test]
+    fn a_segment_longer_than_a_window_is_a_group_of_its_own() {
+        let p = [seg(0, 45_000), seg(45_500, 47_000)];
+        assert_eq!(ready_group(&p, 47_000, None, false), Some(1));
+        assert_eq!(ready_group(&[], 47_000, None, true), None);
+    }
+
+    #[test]
+    fn speech_in_progress_keeps_a_group_open_while_it_can_still_join() {
+        let p = [seg(0, 5_000)];
+        // Long after the last closed segment, but the VAD is inside a segment that began soon
+        // after it: that segment may still fit.
+        assert_eq!(ready_group(&p, 16_000, Some(6_000), false), None);
+        // It began too late to fit, or after too long a pause.
+        assert_eq!(ready_group(&p, 31_000, Some(29_600), false), Some(1));
+        assert_eq!(ready_group(&p, 16_000, Some(13_500), false), Some(1));
+    }
 }

@@ -218,6 +218,12 @@ pub struct VadStream<'a> {
 }
 
 impl VadStream<'_> {
+    /// Start (ms, with padding) of the speech segment in progress, which [`VadStream::feed`]
+    /// reports only once it has ended; `None` during silence.
+    pub fn open_segment_start_ms(&self) -> Option<u64> {
+        self.seg.open_start().map(|s| s * 1000 / SAMPLE_RATE as u64)
+    }
+
     /// Runs the model on one full chunk and advances the context and state.
     fn step(&mut self, chunk: &[f32; CHUNK]) -> Result<f32> {
         self.window[CONTEXT..].copy_from_slice(chunk);
@@ -328,6 +334,12 @@ impl Segmenter {
             start_ms: to_ms(s),
             end_ms: to_ms(e),
         })
+    }
+
+    /// Padded start sample of the open segment.
+    fn open_start(&self) -> Option<u64> {
+        self.triggered
+            .then(|| self.start.saturating_sub(self.pad).max(self.last_end))
     }
 
     /// `pos` is the sample index where this chunk starts.

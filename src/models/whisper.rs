@@ -27,6 +27,8 @@ pub const N_MELS: usize = 80;
 pub const WINDOW_SAMPLES: usize = 480_000;
 /// Mel frames per window.
 pub const N_FRAMES: usize = 3000;
+/// Speech regions this close together share one window (see [`merge_regions`]).
+pub const REGION_MERGE_GAP_MS: u64 = 8_000;
 /// Seconds per timestamp token step.
 const TIME_PRECISION: f64 = 0.02;
 /// Samples per timestamp step (encoder stride 2 × hop 160).
@@ -328,11 +330,18 @@ pub(crate) fn argmax(v: &[f32]) -> Option<usize> {
 
 /// A window's sampled tokens split into segments: (start step, end step, text tokens).
 /// Returns the segments and how many samples the window consumed (where the next window
-/// starts), following Whisper's `transcribe` logic.
+/// starts), following Whisper's `transcribe` logic: text after the last timestamp pair is
+/// dropped and decoded again from a window that starts at that timestamp.
+///
+/// Except with `final_window` (the window holds the rest of the audio and decoding ended with
+/// EOT, not at the token limit): then there is nothing after the cut to give the text its
+/// end, so re-decoding would spend a whole 30 s encoder pass on the same trailing words. They
+/// become the last segment, ending with the window.
 pub(crate) fn split_segments(
     tokens: &[u32],
     sp: &Specials,
     window_len: usize,
+    final_window: bool,
 ) -> (Vec<(u32, u32, Vec<u32>)>, usize) {
     let tb = sp.timestamp_begin;
     let is_ts = |t: u32| t >= tb;
@@ -363,7 +372,16 @@ pub(crate) fn split_segments(
             }
             last = cur;
         }
+        let trailing = &tokens[last..];
         let consumed = if single_ending {
+            window_len
+        } else if final_window && !text_of(trailing).is_empty() {
+            let window_steps = (window_len / SAMPLES_PER_TOKEN_STEP) as u32;
+            let start = trailing
+                .first()
+                .filter(|&&t| is_ts(t))
+                .map_or(0, |&t| t - tb);
+            segs.push((start, window_steps.max(start), text_of(trailing)));
             window_len
         } else {
             let last_ts = tokens[last - 1].saturating_sub(tb) as usize;
@@ -495,6 +513,9 @@ pub struct BatchTranscripts {
     pub windows: u64,
     /// Decoder runs (one per token step of a batch).
     pub decoder_steps: u64,
+    /// Time spent computing log-mel features and encoding, and decoding (ms).
+    pub encode_ms: u64,
+    pub decode_ms: u64,
 }
 
 fn file_err(path: &Path, reason: String) -> ModelError {
@@ -915,7 +936,7 @@ impl Whisper {
             let ranges = match j.regions {
                 // Pauses of a few seconds go into the same window: every window costs a full
                 // 30 s encoder pass however little speech it holds.
-                Some(r) => merge_regions(r, j.samples.len(), 8_000, 30_000),
+                Some(r) => merge_regions(r, j.samples.len(), REGION_MERGE_GAP_MS, 30_000),
                 None => vec![(0, j.samples.len())],
             };
             queue.extend(
@@ -937,6 +958,7 @@ impl Whisper {
             let take = batch.max(1).min(queue.len());
             let round: Vec<Stream> = queue.drain(..take).collect();
             let mut cross: Option<CrossAttention> = None;
+            let t0 = std::time::Instant::now();
             for s in &round {
                 let from = s.start + s.seek;
                 let to = (from + WINDOW_SAMPLES).min(s.end);
@@ -949,12 +971,17 @@ impl Whisper {
                 }
             }
             let Some(cross) = cross else { break };
+            let t1 = std::time::Instant::now();
             let (tokens, steps) = self.decode_greedy(cross, true)?;
             out.decoder_steps += steps;
+            out.encode_ms += (t1 - t0).as_millis() as u64;
+            out.decode_ms += t1.elapsed().as_millis() as u64;
             for (mut s, tokens) in round.into_iter().zip(tokens) {
                 let from = s.start + s.seek;
                 let to = (from + WINDOW_SAMPLES).min(s.end);
-                let (segs, consumed) = split_segments(&tokens, &self.specials, to - from);
+                let final_window = to == s.end && tokens.len() < self.max_tokens_per_window;
+                let (segs, consumed) =
+                    split_segments(&tokens, &self.specials, to - from, final_window);
                 let to_ms = |step: u32| {
                     (from as f64 / SAMPLE_RATE as f64 * 1000.0
                         + step as f64 * TIME_PRECISION * 1000.0)
@@ -972,7 +999,7 @@ impl Whisper {
                         text,
                     });
                 }
-                tracing::debug!(target: "classguard::models", window_start_ms = from * 1000 / SAMPLE_RATE, tokens = tokens.len(), "whisper window decoded");
+                tracing::debug!(target: "classguard::models", window_start_ms = from * 1000 / SAMPLE_RATE, window_ms = (to - from) * 1000 / SAMPLE_RATE, tokens = tokens.len(), final_window, "whisper window decoded");
                 s.seek += consumed.max(1);
                 if s.has_more() {
                     queue.push_back(s);
@@ -1152,23 +1179,32 @@ mod tests {
         let tb = sp.timestamp_begin;
         // <0> a b <100><100> c <200>   (single timestamp ending)
         let toks = [tb, 1, 2, tb + 100, tb + 100, 3, tb + 200];
-        let (segs, consumed) = split_segments(&toks, &sp, WINDOW_SAMPLES);
+        let (segs, consumed) = split_segments(&toks, &sp, WINDOW_SAMPLES, false);
         assert_eq!(segs, vec![(0, 100, vec![1, 2]), (100, 200, vec![3])]);
         assert_eq!(consumed, WINDOW_SAMPLES);
         // Cut-off last segment: <0> a <100><100> b c (no closing timestamp): resume at 2.00 s.
         let toks = [tb, 1, tb + 100, tb + 100, 2, 3];
-        let (segs, consumed) = split_segments(&toks, &sp, WINDOW_SAMPLES);
+        let (segs, consumed) = split_segments(&toks, &sp, WINDOW_SAMPLES, false);
+        assert_eq!(segs, vec![(0, 100, vec![1])]);
+        assert_eq!(consumed, 100 * 320);
+        // The same in the last window of the audio: the cut-off text ends with the window.
+        let (segs, consumed) = split_segments(&toks, &sp, 160_000, true);
+        assert_eq!(segs, vec![(0, 100, vec![1]), (100, 500, vec![2, 3])]);
+        assert_eq!(consumed, 160_000);
+        // ...unless nothing follows the last pair.
+        let toks = [tb, 1, tb + 100, tb + 100];
+        let (segs, consumed) = split_segments(&toks, &sp, 160_000, true);
         assert_eq!(segs, vec![(0, 100, vec![1])]);
         assert_eq!(consumed, 100 * 320);
         // One segment only: <0> a b <150>
         let toks = [tb, 1, 2, tb + 150];
-        let (segs, consumed) = split_segments(&toks, &sp, 160_000);
+        let (segs, consumed) = split_segments(&toks, &sp, 160_000, false);
         assert_eq!(segs, vec![(0, 150, vec![1, 2])]);
         assert_eq!(consumed, 160_000);
         // No timestamps at all: one segment for the window.
-        let (segs, _) = split_segments(&[5, 6], &sp, 160_000);
+        let (segs, _) = split_segments(&[5, 6], &sp, 160_000, false);
         assert_eq!(segs, vec![(0, 500, vec![5, 6])]);
-        assert!(split_segments(&[], &sp, 1000).0.is_empty());
+        assert!(split_segments(&[], &sp, 1000, true).0.is_empty());
     }
 
     #[test]

@@ -212,10 +212,9 @@ impl Store {
         // Switching to WAL needs a moment of exclusive access. SQLite returns SQLITE_BUSY at once,
         // without calling the busy handler, when a concurrent opener is switching too or running
         // WAL recovery, so those steps retry until the busy timeout.
-        let mode: String = retry_busy(|| {
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        })
-        .map_err(open_err)?;
+        let mode: String =
+            retry_busy(|| conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)))
+                .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "store is not in WAL mode");
         }
