@@ -50,6 +50,7 @@ pub struct SpeechResult {
     /// Audio (ms) Whisper did not have to look at because the VAD heard no speech.
     pub skipped_audio_ms: u64,
     pub errors: Vec<String>,
+    /// Time the speech thread worked, not counting waits for audio (ms).
     pub busy_ms: u64,
     /// Time in the VAD, the Whisper encoder and the Whisper decoder (ms).
     pub vad_ms: u64,
@@ -117,7 +118,12 @@ pub fn run(
         .whisper
         .as_ref()
         .map(|w| super::model_ref(w.id(), w.sha256()));
-    for chunk in rx {
+    // Busy time is wall time less the time spent waiting for audio.
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let wait_t0 = std::time::Instant::now();
+        let Ok(chunk) = rx.recv() else { break };
+        waited += wait_t0.elapsed();
         let b = buf.get_or_insert_with(|| Buffer {
             offset_ms: chunk.start_ms.max(0) as u64,
             base: 0,
@@ -174,7 +180,7 @@ pub fn run(
             0
         };
     }
-    r.busy_ms = t0.elapsed().as_millis() as u64;
+    r.busy_ms = t0.elapsed().saturating_sub(waited).as_millis() as u64;
     r
 }
 
