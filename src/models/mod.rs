@@ -451,19 +451,7 @@ impl SessionPool {
 
     /// Input names and shapes (`-1` = dynamic) of the model.
     pub fn input_shapes(&self) -> Vec<(String, Vec<i64>)> {
-        let s = self.checkout();
-        s.inputs()
-            .iter()
-            .map(|o| {
-                (
-                    o.name().to_string(),
-                    o.dtype()
-                        .tensor_shape()
-                        .map(|s| s.to_vec())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect()
+        outlet_shapes(self.checkout().inputs())
     }
 
     /// Name and shape of the first input: every single-input model here starts from it.
@@ -489,19 +477,7 @@ impl SessionPool {
 
     /// Output names and shapes (`-1` = dynamic) of the model.
     pub fn output_shapes(&self) -> Vec<(String, Vec<i64>)> {
-        let s = self.checkout();
-        s.outputs()
-            .iter()
-            .map(|o| {
-                (
-                    o.name().to_string(),
-                    o.dtype()
-                        .tensor_shape()
-                        .map(|s| s.to_vec())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect()
+        outlet_shapes(self.checkout().outputs())
     }
 
     /// Runs the model on raw named inputs and returns every float output as (name, shape,
@@ -590,6 +566,17 @@ pub(crate) fn read_model_file(path: &Path) -> Result<Vec<u8>> {
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// Names and shapes (`-1` = dynamic) of a session's inputs or outputs.
+fn outlet_shapes(outlets: &[ort::value::Outlet]) -> Vec<(String, Vec<i64>)> {
+    outlets
+        .iter()
+        .map(|o| {
+            let shape = o.dtype().tensor_shape().map(|s| s.to_vec());
+            (o.name().to_string(), shape.unwrap_or_default())
+        })
+        .collect()
 }
 
 /// Reads, hashes and loads a model file into `opts.pool_size` sessions.
