@@ -35,6 +35,16 @@ struct Scan {
     verdicts: Vec<Value>,
 }
 
+impl Scan {
+    /// The verdict of the recording whose source path contains `name`.
+    fn verdict_of(&self, name: &str) -> &Value {
+        self.verdicts
+            .iter()
+            .find(|v| v["recording"]["source"].as_str().unwrap().contains(name))
+            .unwrap_or_else(|| panic!("no verdict for {name}"))
+    }
+}
+
 fn scan(dir: &Path, store: &Path, args: &[&str]) -> Scan {
     let out_dir = dir.join("out");
     let out = bin()
@@ -244,16 +254,7 @@ fn contact_details_on_the_third_slide_are_found_with_its_time_span() {
         "{}",
         String::from_utf8_lossy(&s.out.stderr)
     );
-    let contact = s
-        .verdicts
-        .iter()
-        .find(|v| {
-            v["recording"]["source"]
-                .as_str()
-                .unwrap()
-                .contains("contact")
-        })
-        .unwrap();
+    let contact = s.verdict_of("contact");
     validate(contact);
     let hits = findings(contact, "contact_info");
     assert!(hits.len() >= 2, "phone and e-mail expected: {contact:#}");
@@ -291,11 +292,7 @@ fn contact_details_on_the_third_slide_are_found_with_its_time_span() {
             >= 5
     );
 
-    let clean_v = s
-        .verdicts
-        .iter()
-        .find(|v| v["recording"]["source"].as_str().unwrap().contains("clean"))
-        .unwrap();
+    let clean_v = s.verdict_of("clean");
     validate(clean_v);
     let text_findings: Vec<_> = clean_v["findings"]
         .as_array()
@@ -326,16 +323,7 @@ fn spoken_contact_and_payment_requests_are_found_inside_the_speech() {
         &store,
         &[rec.to_str().unwrap(), plain.to_str().unwrap()],
     );
-    let v = s
-        .verdicts
-        .iter()
-        .find(|v| {
-            v["recording"]["source"]
-                .as_str()
-                .unwrap()
-                .contains("speech-contact")
-        })
-        .unwrap();
+    let v = s.verdict_of("speech-contact");
     validate(v);
     for label in ["contact_info", "payment_solicitation"] {
         let hits = findings(v, label);
@@ -364,16 +352,7 @@ fn spoken_contact_and_payment_requests_are_found_inside_the_speech() {
             assert!(f["evidence"]["audio_clip"].is_string());
         }
     }
-    let plain_v = s
-        .verdicts
-        .iter()
-        .find(|v| {
-            v["recording"]["source"]
-                .as_str()
-                .unwrap()
-                .contains("camera-vp8-opus")
-        })
-        .unwrap();
+    let plain_v = s.verdict_of("camera-vp8-opus");
     assert!(
         plain_v["findings"]
             .as_array()
@@ -408,16 +387,7 @@ fn truncated_recording_is_partial_and_bad_inputs_fail_without_stopping_the_batch
         "{stderr}"
     );
     assert_eq!(s.verdicts.len(), 2);
-    let t = s
-        .verdicts
-        .iter()
-        .find(|v| {
-            v["recording"]["source"]
-                .as_str()
-                .unwrap()
-                .contains("truncated")
-        })
-        .unwrap();
+    let t = s.verdict_of("truncated");
     validate(t);
     assert_eq!(t["recording"]["partial"], true);
     assert!(t["recording"]["partial_reason"]
@@ -426,16 +396,7 @@ fn truncated_recording_is_partial_and_bad_inputs_fail_without_stopping_the_batch
         .contains("truncated"));
     assert!(t["recording"]["duration_ms"].as_u64().unwrap() <= 6100);
     assert_eq!(t["decision"], "review", "partial means at least review");
-    let g = s
-        .verdicts
-        .iter()
-        .find(|v| {
-            v["recording"]["source"]
-                .as_str()
-                .unwrap()
-                .contains("garbage")
-        })
-        .unwrap();
+    let g = s.verdict_of("garbage");
     validate(g);
     assert_eq!(g["decision"], "error");
 
