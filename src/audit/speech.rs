@@ -89,6 +89,21 @@ impl Buffer {
         let e = end.saturating_sub(self.base).min(self.samples.len() as u64) as usize;
         &self.samples[s..e.max(s)]
     }
+    /// Stream ms `start_ms..end_ms`, copied out to wait for Whisper.
+    fn copy_for_whisper(
+        &self,
+        start_ms: u64,
+        end_ms: u64,
+        regions: Option<Vec<SpeechSegment>>,
+    ) -> Queued {
+        Queued {
+            start_ms: self.offset_ms + start_ms,
+            samples: self
+                .range(start_ms * RATE / 1000, end_ms * RATE / 1000)
+                .to_vec(),
+            regions,
+        }
+    }
     fn drop_before(&mut self, sample: u64) {
         let n = sample
             .saturating_sub(self.base)
@@ -238,21 +253,14 @@ fn flush(
         if policy.gates.whisper_speech_only && models.whisper.is_some() {
             let start_ms = group[0].start_ms;
             let end_ms = group.last().map_or(start_ms, |s| s.end_ms);
-            queue.push(Queued {
-                start_ms: b.offset_ms + start_ms,
-                samples: b
-                    .range(start_ms * RATE / 1000, end_ms * RATE / 1000)
-                    .to_vec(),
-                regions: Some(
-                    group
-                        .iter()
-                        .map(|s| SpeechSegment {
-                            start_ms: s.start_ms - start_ms,
-                            end_ms: s.end_ms - start_ms,
-                        })
-                        .collect(),
-                ),
-            });
+            let regions = group
+                .iter()
+                .map(|s| SpeechSegment {
+                    start_ms: s.start_ms - start_ms,
+                    end_ms: s.end_ms - start_ms,
+                })
+                .collect();
+            queue.push(b.copy_for_whisper(start_ms, end_ms, Some(regions)));
         }
     }
     if !policy.gates.whisper_speech_only {
@@ -263,13 +271,7 @@ fn flush(
             let start_ms = b.transcribed_ms;
             let end_ms = (start_ms + ALL_AUDIO_WINDOW_MS).min(buffered_ms);
             if models.whisper.is_some() {
-                queue.push(Queued {
-                    start_ms: b.offset_ms + start_ms,
-                    samples: b
-                        .range(start_ms * RATE / 1000, end_ms * RATE / 1000)
-                        .to_vec(),
-                    regions: None,
-                });
+                queue.push(b.copy_for_whisper(start_ms, end_ms, None));
             }
             b.transcribed_ms = end_ms;
         }
