@@ -340,15 +340,15 @@ fn bench_audio(c: &mut Criterion, audio: &[f32]) {
         })
     });
     g.bench_function("decode_window_greedy", |b| {
-        b.iter(|| black_box(w.decode_windows(cross.clone()).unwrap()))
+        b.iter(|| black_box(w.decode_greedy(cross.clone(), true).unwrap()))
     });
     // The same window four times in one batch: the cost per window of batched decoding.
     let mut four = cross.clone();
     for _ in 0..3 {
-        four.append(cross.clone()).unwrap();
+        w.encode_into(&mel, &mut four).unwrap();
     }
     g.bench_function("decode_4_windows_batched", |b| {
-        b.iter(|| black_box(w.decode_windows(four.clone()).unwrap()))
+        b.iter(|| black_box(w.decode_greedy(four.clone(), true).unwrap()))
     });
     g.finish();
 }

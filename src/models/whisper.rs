@@ -440,7 +440,8 @@ pub struct Whisper {
 
 /// Cross-attention keys and values of `batch` encoded windows, one buffer per decoder layer,
 /// each `[batch, heads, frames, dim]`: the decoder's per-layer inputs, ready to borrow.
-#[derive(Clone, Debug)]
+/// [`Whisper::encode_into`] appends windows; the default is an empty batch.
+#[derive(Clone, Debug, Default)]
 pub struct CrossAttention {
     pub batch: usize,
     pub heads: usize,
@@ -459,22 +460,6 @@ impl CrossAttention {
     }
     fn shape(&self) -> Vec<usize> {
         vec![self.batch, self.heads, self.frames, self.dim]
-    }
-    /// Appends the windows of `other` (same model) after this one's.
-    pub fn append(&mut self, other: CrossAttention) -> std::result::Result<(), String> {
-        if (other.layers(), other.heads, other.frames, other.dim)
-            != (self.layers(), self.heads, self.frames, self.dim)
-        {
-            return Err("cross-attention shapes differ".into());
-        }
-        for (a, b) in self.k.iter_mut().zip(other.k) {
-            a.extend_from_slice(&b);
-        }
-        for (a, b) in self.v.iter_mut().zip(other.v) {
-            a.extend_from_slice(&b);
-        }
-        self.batch += other.batch;
-        Ok(())
     }
     /// Keeps only the windows at `rows` (ascending), in that order.
     fn retain_rows(&mut self, rows: &[usize]) {
@@ -651,11 +636,19 @@ impl Whisper {
     }
 
     /// Runs the encoder on one window's `[80, 3000]` features.
+    pub fn encode(&self, mel: &[f32]) -> Result<CrossAttention> {
+        let mut cross = CrossAttention::default();
+        self.encode_into(mel, &mut cross)?;
+        Ok(cross)
+    }
+
+    /// Runs the encoder on one window's `[80, 3000]` features and appends its keys and values
+    /// to `cross`, copied once from the runtime's output into the batch's per-layer buffers.
     ///
     /// Windows are encoded one at a time and batched only for decoding: the encoder is
     /// compute-bound (a batch of 4 measured 15% slower per window and +380 MB), while each
     /// decoding step is bound by reading the 80 MB output projection, which a batch shares.
-    pub fn encode(&self, mel: &[f32]) -> Result<CrossAttention> {
+    pub fn encode_into(&self, mel: &[f32], cross: &mut CrossAttention) -> Result<()> {
         let pool = &self.encoder.pool;
         if mel.len() != N_MELS * N_FRAMES {
             return Err(ModelError::Input {
@@ -673,7 +666,7 @@ impl Whisper {
             )])
             .map_err(|e| pool.run_err(e))?;
         let layers = self.cross_inputs.len();
-        let get = |n: &str| -> Result<(Vec<usize>, Vec<Vec<f32>>)> {
+        let get = |n: &str| -> Result<(Vec<usize>, &[f32])> {
             let v = out
                 .get(n)
                 .ok_or_else(|| pool.output_err(format!("{n} missing")))?;
@@ -684,28 +677,37 @@ impl Whisper {
                     "{n} has shape {shape:?}, expected [{layers},1,heads,frames,dim]"
                 )));
             }
-            let per_layer = shape[2] * shape[3] * shape[4];
-            if d.len() != layers * per_layer {
+            if d.len() != shape.iter().product::<usize>() {
                 return Err(pool.output_err(format!("{n} has {} values", d.len())));
             }
-            Ok((shape, d.chunks(per_layer).map(<[f32]>::to_vec).collect()))
+            Ok((shape, d))
         };
         let (shape, k) = get("cross_k")?;
         let (_, v) = get("cross_v")?;
-        Ok(CrossAttention {
-            batch: 1,
-            heads: shape[2],
-            frames: shape[3],
-            dim: shape[4],
-            k,
-            v,
-        })
-    }
-
-    /// Greedy decoding with timestamps of every window in `cross`; returns each window's
-    /// sampled tokens (without the prompt and EOT).
-    pub fn decode_windows(&self, cross: CrossAttention) -> Result<Vec<Vec<u32>>> {
-        self.decode_greedy(cross, true).map(|(t, _)| t)
+        let (heads, frames, dim) = (shape[2], shape[3], shape[4]);
+        if cross.batch == 0 {
+            *cross = CrossAttention {
+                batch: 0,
+                heads,
+                frames,
+                dim,
+                k: vec![Vec::new(); layers],
+                v: vec![Vec::new(); layers],
+            };
+        } else if (cross.layers(), cross.heads, cross.frames, cross.dim)
+            != (layers, heads, frames, dim)
+        {
+            return Err(pool.output_err("cross-attention shapes differ within a batch"));
+        }
+        let per_layer = heads * frames * dim;
+        for (buf, layer) in cross.k.iter_mut().zip(k.chunks(per_layer)) {
+            buf.extend_from_slice(layer);
+        }
+        for (buf, layer) in cross.v.iter_mut().zip(v.chunks(per_layer)) {
+            buf.extend_from_slice(layer);
+        }
+        cross.batch += 1;
+        Ok(())
     }
 
     /// Greedy decoding of all windows in `cross` in lock-step: one decoder run per token step
@@ -721,6 +723,9 @@ impl Whisper {
     ) -> Result<(Vec<Vec<u32>>, u64)> {
         let pool = &self.decoder.pool;
         let layers = self.cross_inputs.len();
+        if cross.batch == 0 {
+            return Ok((Vec::new(), 0));
+        }
         if cross.layers() != layers || cross.v.len() != layers {
             return Err(pool.output_err(format!(
                 "cross-attention has {} layers, the decoder {layers}",
@@ -930,6 +935,11 @@ impl Whisper {
             fn has_more(&self) -> bool {
                 self.start + self.seek + SAMPLES_PER_TOKEN_STEP < self.end
             }
+            /// Sample range of the job's audio that the next window covers.
+            fn window(&self) -> (usize, usize) {
+                let from = self.start + self.seek;
+                (from, (from + WINDOW_SAMPLES).min(self.end))
+            }
         }
         let mut queue: std::collections::VecDeque<Stream> = std::collections::VecDeque::new();
         for (job, j) in jobs.iter().enumerate() {
@@ -957,28 +967,21 @@ impl Whisper {
         while !queue.is_empty() {
             let take = batch.max(1).min(queue.len());
             let round: Vec<Stream> = queue.drain(..take).collect();
-            let mut cross: Option<CrossAttention> = None;
+            let mut cross = CrossAttention::default();
             let t0 = std::time::Instant::now();
             for s in &round {
-                let from = s.start + s.seek;
-                let to = (from + WINDOW_SAMPLES).min(s.end);
+                let (from, to) = s.window();
                 self.mel.compute(&jobs[s.job].samples[from..to], &mut mel);
-                let c = self.encode(&mel)?;
+                self.encode_into(&mel, &mut cross)?;
                 out.windows += 1;
-                match cross.as_mut() {
-                    None => cross = Some(c),
-                    Some(all) => all.append(c).map_err(|e| self.encoder.pool.output_err(e))?,
-                }
             }
-            let Some(cross) = cross else { break };
             let t1 = std::time::Instant::now();
             let (tokens, steps) = self.decode_greedy(cross, true)?;
             out.decoder_steps += steps;
             out.encode_ms += (t1 - t0).as_millis() as u64;
             out.decode_ms += t1.elapsed().as_millis() as u64;
             for (mut s, tokens) in round.into_iter().zip(tokens) {
-                let from = s.start + s.seek;
-                let to = (from + WINDOW_SAMPLES).min(s.end);
+                let (from, to) = s.window();
                 let final_window = to == s.end && tokens.len() < self.max_tokens_per_window;
                 let (segs, consumed) =
                     split_segments(&tokens, &self.specials, to - from, final_window);
