@@ -137,8 +137,9 @@ pub fn run(
     let mut waited = std::time::Duration::ZERO;
     loop {
         let wait_t0 = std::time::Instant::now();
-        let Ok(chunk) = rx.recv() else { break };
+        let next = rx.recv();
         waited += wait_t0.elapsed();
+        let Ok(chunk) = next else { break };
         let b = buf.get_or_insert_with(|| Buffer {
             offset_ms: chunk.start_ms.max(0) as u64,
             base: 0,
