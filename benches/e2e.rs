@@ -297,21 +297,16 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
+/// The first file called `name` under `out`, parsed as JSON.
+fn read_json(out: &Path, name: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(find_file(out, name)?).ok()?).ok()
+}
+
 /// Frames decoded and slices kept, from the run's slices.json when it wrote one, else the slice
-/// count from a verdict.json's stats (`scan`).
-fn read_counts(out: &Path) -> (Option<u64>, Option<u64>) {
-    let Some(path) = find_file(out, "slices.json") else {
-        let slices = find_file(out, "verdict.json")
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["stats"]["slices"].as_u64());
-        return (None, slices);
-    };
-    let Ok(doc) = std::fs::read(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string()))
-    else {
-        return (None, None);
+/// count from its verdict.json's stats (`scan`).
+fn read_counts(out: &Path, verdict: Option<&serde_json::Value>) -> (Option<u64>, Option<u64>) {
+    let Some(doc) = read_json(out, "slices.json") else {
+        return (None, verdict.and_then(|v| v["stats"]["slices"].as_u64()));
     };
     let slices = doc["slices"].as_array().map(|a| a.len() as u64);
     let decoded = doc["tracks"].as_array().map(|tracks| {
@@ -324,11 +319,9 @@ fn read_counts(out: &Path) -> (Option<u64>, Option<u64>) {
     (decoded, slices)
 }
 
-/// "model calls: ...; stages: ..." from the run's verdict.json stats (scan rows only).
-fn read_details(out: &Path) -> Option<String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(find_file(out, "verdict.json")?).ok()?).ok()?;
-    let stats = &v["stats"];
+/// "model calls: ...; stages: ..." from a scan's verdict.json stats.
+fn describe_stats(verdict: &serde_json::Value) -> Option<String> {
+    let stats = &verdict["stats"];
     let calls: Vec<String> = stats["model_calls"]
         .as_object()?
         .iter()
@@ -408,7 +401,8 @@ fn run_row(row: &Row, ctx_base: &CtxBase, input: &Input, repeat: usize) -> Outco
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             return Outcome::Failed(format!("{status}: {}", tail.join(" | ")));
         }
-        let (decoded, slices) = read_counts(&out);
+        let verdict = read_json(&out, "verdict.json");
+        let (decoded, slices) = read_counts(&out, verdict.as_ref());
         let frames = decoded
             .or((row.name == BASELINE)
                 .then_some(input.decoded_frames.unwrap_or(input.video_frames)));
@@ -420,7 +414,7 @@ fn run_row(row: &Row, ctx_base: &CtxBase, input: &Input, repeat: usize) -> Outco
             frames,
             slices,
             load_before,
-            details: read_details(&out),
+            details: verdict.as_ref().and_then(describe_stats),
         };
         if best.as_ref().is_none_or(|b| m.wall_s < b.wall_s) {
             best = Some(m);

@@ -172,16 +172,8 @@ fn logs_carry_ids_but_no_screen_text_speech_or_home_paths() {
     }
     let out = dir.path().join("out");
     let t0 = Instant::now();
-    let run = Command::new(env!("CARGO_BIN_EXE_classguard"))
-        .args([
-            "scan",
-            home.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--jsonl",
-        ])
-        .args(["--store", dir.path().join("s.sqlite").to_str().unwrap()])
-        .env("RUST_LOG", "classguard=info")
+    let run = scan_cmd(&home, &out, &dir.path().join("s.sqlite"))
+        .arg("--jsonl")
         .output()
         .unwrap();
     assert!(

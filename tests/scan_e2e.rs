@@ -236,12 +236,7 @@ fn contact_details_on_the_third_slide_are_found_with_its_time_span() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store.sqlite");
     let facts = common::facts("browser/whiteboard-contact.webm");
-    let visible: Vec<u64> = facts["ground_truth"]["contact_visible_ms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
+    let visible: Vec<u64> = common::ground_truth(&facts, "contact_visible_ms");
     let rec = common::fixture("browser/whiteboard-contact.webm");
     let clean = common::fixture("browser/whiteboard-clean.webm");
     let s = scan(

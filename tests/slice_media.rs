@@ -166,12 +166,7 @@ fn whiteboard_block_groups_scene_changes_and_resizes() {
     assert_eq!(track.sizes_seen, vec![(1280, 720), (960, 540), (1280, 720)]);
     assert_eq!(track.decoded, track.frames);
     // One slide per change, each within one check interval (500 ms) after the change.
-    let changes: Vec<i64> = facts["ground_truth"]["slide_change_ms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let changes: Vec<i64> = common::ground_truth(&facts, "slide_change_ms");
     assert_eq!(s.slices[0].0, 0);
     for change in &changes {
         assert!(

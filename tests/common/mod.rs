@@ -27,6 +27,12 @@ pub fn facts(rel: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no facts for {rel}"))
 }
 
+/// `ground_truth.<key>` of a fixture's facts, e.g. a list of times in ms.
+pub fn ground_truth<T: serde::de::DeserializeOwned>(facts: &serde_json::Value, key: &str) -> T {
+    serde_json::from_value(facts["ground_truth"][key].clone())
+        .unwrap_or_else(|e| panic!("ground_truth.{key}: {e}"))
+}
+
 /// The shared conformance corpus, when present (CI has it); `None` means skip with a note.
 pub fn conformance_dir() -> Option<PathBuf> {
     let dir = root().join("../shared/conformance");
