@@ -104,10 +104,16 @@ impl Buffer {
             regions,
         }
     }
+    /// Forgets the samples before stream sample `sample`. Called after every chunk, so the
+    /// front is removed only once it is a quarter of the buffer: moving what is kept costs
+    /// amortised O(1) per sample, not the whole buffer per chunk.
     fn drop_before(&mut self, sample: u64) {
         let n = sample
             .saturating_sub(self.base)
             .min(self.samples.len() as u64) as usize;
+        if n == 0 || n < self.samples.len() / 4 {
+            return;
+        }
         self.samples.drain(..n);
         self.base += n as u64;
     }
@@ -164,6 +170,7 @@ pub fn run(
             b,
             &mut pending,
             stream.open_segment_start_ms(),
+            stream.undecided_from_ms(),
             &mut queue,
             false,
             whisper_ref.as_ref(),
@@ -176,12 +183,14 @@ pub fn run(
             Ok(closed) => pending.extend(closed),
             Err(e) => r.errors.push(format!("vad: {e}")),
         }
+        let end_ms = b.end() * 1000 / RATE;
         flush(
             models,
             policy,
             b,
             &mut pending,
             None,
+            end_ms,
             &mut queue,
             true,
             whisper_ref.as_ref(),
@@ -237,6 +246,7 @@ fn flush(
     b: &mut Buffer,
     pending: &mut Vec<SpeechSegment>,
     open_start_ms: Option<u64>,
+    undecided_from_ms: u64,
     queue: &mut Vec<Queued>,
     at_end: bool,
     whisper_ref: Option<&ModelRef>,
@@ -280,12 +290,13 @@ fn flush(
     if !queue.is_empty() && (at_end || queue.len() >= policy.gates.whisper_batch) {
         transcribe_queue(models, policy, queue, whisper_ref, ev, r);
     }
-    // The VAD reports a segment only once it has ended, so keep enough history for speech that is
-    // still going on, and everything from the oldest segment not yet transcribed.
-    let history_from = buffered_ms.saturating_sub(MAX_BUFFER_MS);
+    // Keep everything from the oldest segment not yet grouped and, since the VAD reports a segment
+    // only once it has ended, from where a segment still to be reported can start (at most the
+    // last two minutes of unbroken speech). In silence that is a few ms: nothing else is kept.
+    let undecided_from_ms = undecided_from_ms.max(buffered_ms.saturating_sub(MAX_BUFFER_MS));
     let mut keep_from_ms = pending
         .first()
-        .map_or(history_from, |s| s.start_ms.min(history_from));
+        .map_or(undecided_from_ms, |s| s.start_ms.min(undecided_from_ms));
     if !policy.gates.whisper_speech_only {
         keep_from_ms = keep_from_ms.min(b.transcribed_ms);
     }
@@ -415,6 +426,27 @@ mod tests {
 
     fn seg(start_ms: u64, end_ms: u64) -> SpeechSegment {
         SpeechSegment { start_ms, end_ms }
+    }
+
+    #[test]
+    fn the_buffer_forgets_its_front_in_large_steps_and_keeps_stream_positions() {
+        let mut b = Buffer {
+            offset_ms: 0,
+            base: 0,
+            samples: (0..16_000).map(|i| i as f32).collect(),
+            transcribed_ms: 0,
+        };
+        // A small front is left in place (no move of the rest), yet reads stay correct.
+        b.drop_before(320);
+        assert_eq!((b.base, b.samples.len()), (0, 16_000));
+        assert_eq!(b.range(320, 322), &[320.0, 321.0]);
+        b.drop_before(8_000);
+        assert_eq!((b.base, b.samples.len()), (8_000, 8_000));
+        assert_eq!(b.range(8_000, 8_002), &[8_000.0, 8_001.0]);
+        assert_eq!(b.end(), 16_000);
+        // Dropping past the end empties it.
+        b.drop_before(20_000);
+        assert_eq!((b.base, b.samples.len()), (16_000, 0));
     }
 
     #[test]

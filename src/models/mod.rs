@@ -353,6 +353,11 @@ pub struct ModelOptions {
     pub execution_provider: ExecutionProvider,
     /// CUDA device ordinal when `execution_provider` is CUDA.
     pub device_id: i32,
+    /// Keep ONNX Runtime's CPU arena: activations stay mapped from one run to the next. Pays off
+    /// for a model run many times with the same large shapes (a Whisper window allocates about
+    /// 560 MB in blocks of up to 54 MB, each otherwise a fresh mapping and thousands of page
+    /// faults); off by default so that peak RSS is not the sum of every session's worst run.
+    pub cpu_arena: bool,
 }
 
 impl Default for ModelOptions {
@@ -362,6 +367,7 @@ impl Default for ModelOptions {
             pool_size: 1,
             execution_provider: ExecutionProvider::Cpu,
             device_id: 0,
+            cpu_arena: false,
         }
     }
 }
@@ -628,7 +634,8 @@ fn build_session(
     // of every session's activations for the life of the process (a 30 s Whisper window, a
     // 1280x720 OCR detection), and the memory pattern pre-plans one block per input shape. With
     // both off each run allocates and frees through the system allocator, so peak RSS is the
-    // weights plus the runs in flight, not the sum of every session's worst run. Pre-packing
+    // weights plus the runs in flight, not the sum of every session's worst run (Whisper, with
+    // the same large shapes every run, keeps its arena: `ModelOptions::cpu_arena`). Pre-packing
     // keeps a second, re-laid-out copy of MatMul/Gemm weights (75 MB for the Whisper decoder's
     // token projection alone) and measured no faster here: off.
     let b = b.with_memory_pattern(false).map_err(err)?;
@@ -637,7 +644,9 @@ fn build_session(
         .map_err(err)?;
     let mut b = match opts.execution_provider {
         ExecutionProvider::Cpu => b
-            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+            .with_execution_providers([ort::ep::CPU::default()
+                .with_arena_allocator(opts.cpu_arena)
+                .build()])
             .map_err(err)?,
         #[cfg(feature = "cuda")]
         ExecutionProvider::Cuda => b

@@ -224,6 +224,17 @@ impl VadStream<'_> {
         self.seg.open_start().map(|s| s * 1000 / SAMPLE_RATE as u64)
     }
 
+    /// Earliest stream ms at which a segment not yet reported by [`VadStream::feed`] can start:
+    /// the padded start of the segment in progress or, in silence, the next chunk less the
+    /// padding. Audio before it can never be part of a future segment.
+    pub fn undecided_from_ms(&self) -> u64 {
+        let s = self
+            .seg
+            .open_start()
+            .unwrap_or_else(|| self.seg.next_start(self.chunks * CHUNK as u64));
+        s * 1000 / SAMPLE_RATE as u64
+    }
+
     /// Runs the model on one full chunk and advances the context and state.
     fn step(&mut self, chunk: &[f32; CHUNK]) -> Result<f32> {
         self.window[CONTEXT..].copy_from_slice(chunk);
@@ -338,8 +349,12 @@ impl Segmenter {
 
     /// Padded start sample of the open segment.
     fn open_start(&self) -> Option<u64> {
-        self.triggered
-            .then(|| self.start.saturating_sub(self.pad).max(self.last_end))
+        self.triggered.then(|| self.next_start(self.start))
+    }
+
+    /// Padded start sample of a segment that would begin with the chunk at `pos`.
+    fn next_start(&self, pos: u64) -> u64 {
+        pos.saturating_sub(self.pad).max(self.last_end)
     }
 
     /// `pos` is the sample index where this chunk starts.
@@ -436,6 +451,37 @@ mod tests {
         let segs = run(&p);
         assert_eq!(segs.len(), 1, "{segs:?}");
         assert_eq!(segs[0].start_ms, 0);
+    }
+
+    #[test]
+    fn no_segment_still_to_come_starts_before_the_undecided_point() {
+        let o = VadOptions {
+            speech_pad_ms: 30,
+            end_lag_ms: 0,
+            ..Default::default()
+        };
+        let mut s = Segmenter::new(&o);
+        let pos = |i: usize| (i * CHUNK) as u64;
+        for i in 0..10 {
+            s.push(0.0, pos(i));
+            // In silence, a segment that triggers on the next chunk starts `pad` before it.
+            assert_eq!(s.next_start(pos(i + 1)), pos(i + 1) - 480);
+        }
+        s.push(0.9, pos(10));
+        let open = s.open_start().unwrap();
+        assert_eq!(open, s.next_start(pos(10)));
+        for i in 11..20 {
+            s.push(0.9, pos(i));
+            assert_eq!(s.open_start(), Some(open));
+        }
+        let mut closed = None;
+        for i in 20..30 {
+            closed = closed.or(s.push(0.0, pos(i)));
+        }
+        let closed = closed.unwrap();
+        assert_eq!(closed.start_ms, open * 1000 / SAMPLE_RATE as u64);
+        // Padding never reaches back into the segment just reported.
+        assert!(s.next_start(pos(30)) * 1000 / SAMPLE_RATE as u64 >= closed.end_ms);
     }
 
     #[test]

@@ -75,6 +75,10 @@ impl AudioDecoder {
             .as_ref()
             .map(|a| (a.sample_rate as i32, a.channels as i32))
             .unwrap_or((48000, 1));
+        // Opus decodes natively at 16 kHz: asking opusdec for the model rate lets libopus skip
+        // the 48 kHz synthesis and the resampler the 3:1 conversion (about half the audio
+        // decode CPU). Vorbis decodes at its stream rate and is resampled.
+        let mut decoded_caps = None;
         let (caps, decoder) = match track.codec {
             Codec::Opus => {
                 if !track.codec_private.starts_with(b"OpusHead") {
@@ -90,6 +94,11 @@ impl AudioDecoder {
                     .field("channel-mapping-family", 0i32)
                     .field("streamheader", headers)
                     .build();
+                decoded_caps = Some(
+                    gst::Caps::builder("audio/x-raw")
+                        .field("rate", MODEL_RATE as i32)
+                        .build(),
+                );
                 (
                     caps,
                     make_element(&["opusdec"], "gstreamer1.0-plugins-base")?,
@@ -138,7 +147,13 @@ impl AudioDecoder {
             .0
             .add_many(elements)
             .map_err(|e| SliceError::Gstreamer(e.to_string()))?;
-        gst::Element::link_many(elements).map_err(|e| SliceError::Gstreamer(e.to_string()))?;
+        let link_err = |e: gst::glib::BoolError| SliceError::Gstreamer(e.to_string());
+        src.link(&decoder).map_err(link_err)?;
+        match &decoded_caps {
+            Some(c) => decoder.link_filtered(&convert, c).map_err(link_err)?,
+            None => decoder.link(&convert).map_err(link_err)?,
+        }
+        gst::Element::link_many([&convert, &resample, sink.upcast_ref()]).map_err(link_err)?;
         pipeline.play()?;
         let pipeline = Arc::new(pipeline);
         Ok((
