@@ -348,41 +348,50 @@ pub fn audit(
             None
         } else {
             let (rx, ev) = speech_input.take().expect("present");
-            Some(scope.spawn(move || speech::run(models, policy, rx, ev)))
+            // Named threads: profiles and `top -H` show which stage burns the CPU.
+            Some(
+                std::thread::Builder::new()
+                    .name("speech".into())
+                    .spawn_scoped(scope, move || speech::run(models, policy, rx, ev))
+                    .expect("spawning the speech thread"),
+            )
         };
         let (job_tx, job_rx) = bounded::<Job>(max_in_flight);
         let (done_tx, done_rx) = unbounded::<Done>();
-        for _ in 0..if sequential { 0 } else { workers } {
+        for worker in 0..if sequential { 0 } else { workers } {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             let calls = calls.clone();
             let templates = &req.templates;
-            scope.spawn(move || {
-                for job in job_rx {
-                    let t0 = Instant::now();
-                    let obs = match job.kind {
-                        JobKind::Camera => {
-                            observe::observe_camera(models, policy, templates, &job.image, &calls)
-                                .map(Observation::Camera)
+            let spawned = std::thread::Builder::new()
+                .name(format!("models-{worker}"))
+                .spawn_scoped(scope, move || {
+                    for job in job_rx {
+                        let t0 = Instant::now();
+                        let obs = match job.kind {
+                            JobKind::Camera => observe::observe_camera(
+                                models, policy, templates, &job.image, &calls,
+                            )
+                            .map(Observation::Camera),
+                            JobKind::Desktop { ocr } => {
+                                observe::observe_desktop(models, &job.image, ocr, &calls)
+                                    .map(Observation::Desktop)
+                            }
+                        };
+                        let busy_ms = t0.elapsed().as_millis() as u64;
+                        if done_tx
+                            .send(Done {
+                                seq: job.seq,
+                                obs,
+                                busy_ms,
+                            })
+                            .is_err()
+                        {
+                            break;
                         }
-                        JobKind::Desktop { ocr } => {
-                            observe::observe_desktop(models, &job.image, ocr, &calls)
-                                .map(Observation::Desktop)
-                        }
-                    };
-                    let busy_ms = t0.elapsed().as_millis() as u64;
-                    if done_tx
-                        .send(Done {
-                            seq: job.seq,
-                            obs,
-                            busy_ms,
-                        })
-                        .is_err()
-                    {
-                        break;
                     }
-                }
-            });
+                });
+            spawned.expect("spawning a model worker");
         }
         drop(job_rx);
         drop(done_tx);
