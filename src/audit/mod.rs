@@ -378,6 +378,7 @@ pub fn audit(
                                     .map(Observation::Desktop)
                             }
                         };
+                        crate::models::release_free_heap();
                         let busy_ms = t0.elapsed().as_millis() as u64;
                         if done_tx
                             .send(Done {
@@ -490,6 +491,7 @@ pub fn audit(
                                     JobKind::Camera => observe::observe_camera(models, policy, &req.templates, &image, &calls).map(Observation::Camera),
                                     JobKind::Desktop { ocr } => observe::observe_desktop(models, &image, ocr, &calls).map(Observation::Desktop),
                                 };
+                                crate::models::release_free_heap();
                                 let busy_ms = t0.elapsed().as_millis() as u64;
                                 handle_done(Done { seq, obs, busy_ms }, &mut pending);
                             } else if !reuse {

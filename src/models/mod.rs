@@ -273,6 +273,19 @@ fn fixed_mmap_threshold() {
     }
 }
 
+/// Hands the free pages inside the allocator's heaps back to the system. Called after each
+/// slice's models: OCR recognition batches and other variable-shape tensors under the mmap
+/// threshold leave free holes in the worker threads' heaps, which otherwise stay resident and
+/// add up over a long recording (peak RSS of the 10-minute whiteboard scan: 683-699 MB without,
+/// 671-675 MB with, in three interleaved pairs; no change in wall time). A no-op elsewhere.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Loads ONNX Runtime once per process and returns the shared environment.
 ///
 /// The library is found without configuration (see [`ModelHome`]); `CLASSGUARD_ORT_LIB`
