@@ -264,6 +264,32 @@ struct Done {
     busy_ms: u64,
 }
 
+/// One slice's models, timed: the step a model worker repeats and the sequential baseline runs
+/// inline. Afterwards the heap's free pages go back to the system
+/// ([`crate::models::release_free_heap`]).
+fn run_job(
+    models: &AuditModels,
+    policy: &Policy,
+    templates: &[Vec<f32>],
+    job: Job,
+    calls: &Arc<CallCounter>,
+) -> Done {
+    let t0 = Instant::now();
+    let obs = match job.kind {
+        JobKind::Camera => observe::observe_camera(models, policy, templates, &job.image, calls)
+            .map(Observation::Camera),
+        JobKind::Desktop { ocr } => {
+            observe::observe_desktop(models, &job.image, ocr, calls).map(Observation::Desktop)
+        }
+    };
+    crate::models::release_free_heap();
+    Done {
+        seq: job.seq,
+        obs,
+        busy_ms: t0.elapsed().as_millis() as u64,
+    }
+}
+
 /// A slice waiting for (or holding) its observation, in recording order.
 struct Pending {
     pts: u64,
@@ -367,25 +393,8 @@ pub fn audit(
                 .name(format!("models-{worker}"))
                 .spawn_scoped(scope, move || {
                     for job in job_rx {
-                        let t0 = Instant::now();
-                        let obs = match job.kind {
-                            JobKind::Camera => observe::observe_camera(
-                                models, policy, templates, &job.image, &calls,
-                            )
-                            .map(Observation::Camera),
-                            JobKind::Desktop { ocr } => {
-                                observe::observe_desktop(models, &job.image, ocr, &calls)
-                                    .map(Observation::Desktop)
-                            }
-                        };
-                        crate::models::release_free_heap();
-                        let busy_ms = t0.elapsed().as_millis() as u64;
                         if done_tx
-                            .send(Done {
-                                seq: job.seq,
-                                obs,
-                                busy_ms,
-                            })
+                            .send(run_job(models, policy, templates, job, &calls))
                             .is_err()
                         {
                             break;
@@ -486,14 +495,8 @@ pub fn audit(
                             let image = s.image.clone();
                             pending.insert(seq, Pending { pts, role: s.role, image: s.image, state: if reuse { PendingState::Reuse } else { PendingState::Waiting } });
                             if !reuse && sequential {
-                                let t0 = Instant::now();
-                                let obs = match kind {
-                                    JobKind::Camera => observe::observe_camera(models, policy, &req.templates, &image, &calls).map(Observation::Camera),
-                                    JobKind::Desktop { ocr } => observe::observe_desktop(models, &image, ocr, &calls).map(Observation::Desktop),
-                                };
-                                crate::models::release_free_heap();
-                                let busy_ms = t0.elapsed().as_millis() as u64;
-                                handle_done(Done { seq, obs, busy_ms }, &mut pending);
+                                let done = run_job(models, policy, &req.templates, Job { seq, kind, image }, &calls);
+                                handle_done(done, &mut pending);
                             } else if !reuse {
                                 in_flight += 1;
                                 let _ = job_tx.send(Job { seq, kind, image });
