@@ -769,6 +769,27 @@ fn whisper_transcribes_sentences_with_low_wer() {
     let eg = wer(&reference, &gated.text);
     eprintln!("VAD-gated WER {:.1}%: {}", eg * 100.0, gated.text);
     assert!(eg <= 0.10, "gated WER {eg}");
+    // The speech was packed without its pauses: the segment times must still be recording
+    // times, each on a true sentence, and every sentence covered.
+    eprintln!("VAD-gated segments: {:?}", gated.segments);
+    for s in &gated.segments {
+        assert!(
+            truth
+                .iter()
+                .any(|&(ts, te)| s.start_ms < te + 300 && s.end_ms + 300 > ts),
+            "gated segment {s:?} is on no sentence of {truth:?}"
+        );
+        assert!(s.start_ms <= s.end_ms && s.end_ms <= dur + 20, "{s:?}");
+    }
+    for &(ts, te) in truth {
+        assert!(
+            gated
+                .segments
+                .iter()
+                .any(|s| s.start_ms < te && s.end_ms > ts),
+            "no gated transcript segment over {ts}..{te}"
+        );
+    }
 }
 
 /// Decoding windows together must give each window exactly the tokens it gets alone, also

@@ -2,9 +2,9 @@
 //! transcript. Runs on its own thread, fed in recording order through a bounded channel.
 //!
 //! Memory: audio is buffered only from the start of the oldest speech the VAD has not closed (or
-//! the last two minutes of unbroken speech), and closed groups of at most ~30 s are copied out
-//! and queued until `gates.whisper_batch` of them can be decoded together, so a long recording
-//! holds at most a few minutes of samples.
+//! the last two minutes of unbroken speech), and closed groups (at most 30 s of speech within a
+//! minute of recording) are copied out and queued until `gates.whisper_batch` of them can be
+//! decoded together, so a long recording holds at most a few minutes of samples.
 //!
 //! With the `whisper_speech_only` gate off, the VAD still runs (speech spans, silence findings)
 //! but Whisper transcribes all audio, in consecutive 30 s windows, whatever the VAD heard.
@@ -21,15 +21,15 @@ use crate::slice::AudioChunk;
 use crate::verdict::{Evidence, Finding, ModelRef, Track};
 
 const RATE: u64 = 16_000;
-/// A pause longer than this ends a speech group. Shorter pauses stay inside the group, so several
-/// phrases share one 30 s encoder window instead of paying a padded window each. The same gap
-/// Whisper uses to merge regions into one window ([`whisper::REGION_MERGE_GAP_MS`]), so that a
-/// group is always one window.
-const MAX_SILENCE_IN_GROUP_MS: u64 = whisper::REGION_MERGE_GAP_MS;
-/// Speech groups span at most this much: one 30 s encoder window less Whisper's 200 ms of
-/// context after the last region. A longer group would be cut mid-phrase into a second window,
-/// and the cut-off text decoded twice.
-const GROUP_MS: u64 = 29_500;
+/// A pause longer than this ends a speech group: a group is one stretch of talk, and the text
+/// rules read its transcript as one text.
+const MAX_SILENCE_IN_GROUP_MS: u64 = 8_000;
+/// Speech per group at most, once padded as Whisper packs it: one encoder window's worth
+/// ([`whisper::PACK_MS`]). The pauses between phrases are not sent to Whisper, so they do not
+/// count.
+const GROUP_MS: u64 = whisper::PACK_MS;
+/// Recording time a group spans at most (speech and pauses): bounds the audio held for it.
+const MAX_GROUP_SPAN_MS: u64 = 60_000;
 /// Window of the ungated path (`whisper_speech_only = false`): all audio, in 30 s pieces.
 const ALL_AUDIO_WINDOW_MS: u64 = 30_000;
 /// Audio history kept for speech the VAD has not closed yet; longer unbroken speech is
@@ -210,10 +210,12 @@ pub fn run(
 }
 
 /// How many of the pending speech segments (VAD order) form the next group for Whisper, once
-/// it is complete: the longest run from the first whose span fits in [`GROUP_MS`] and whose
-/// pauses are at most [`MAX_SILENCE_IN_GROUP_MS`]. Complete when a later segment does not fit,
-/// at the end of the audio, or when what follows is too far away: the segment still in
-/// progress (`open_start_ms`) or, in silence, the audio buffered since the run ended.
+/// it is complete: the longest run from the first whose packed speech fits in [`GROUP_MS`],
+/// whose span fits in [`MAX_GROUP_SPAN_MS`] and whose pauses are at most
+/// [`MAX_SILENCE_IN_GROUP_MS`]. Complete when a later segment does not fit, at the end of the
+/// audio, or when what follows cannot join: the segment still in progress (`open_start_ms`)
+/// starts too late or is already too long, or, in silence, the pause since the run ended is
+/// already too long.
 fn ready_group(
     pending: &[SpeechSegment],
     buffered_ms: u64,
@@ -223,16 +225,24 @@ fn ready_group(
     let first = pending.first()?.start_ms;
     let mut n = 1;
     while n < pending.len()
-        && pending[n].end_ms.saturating_sub(first) <= GROUP_MS
+        && pending[n].end_ms.saturating_sub(first) <= MAX_GROUP_SPAN_MS
         && pending[n].start_ms.saturating_sub(pending[n - 1].end_ms) <= MAX_SILENCE_IN_GROUP_MS
+        && whisper::packed_ms(&pending[..=n]) <= GROUP_MS
     {
         n += 1;
     }
     let run_end = pending[n - 1].end_ms;
     let next_too_far = match open_start_ms {
         Some(open) => {
+            let open_so_far = SpeechSegment {
+                start_ms: open,
+                end_ms: buffered_ms.max(open),
+            };
+            let mut with_open = pending[..n].to_vec();
+            with_open.push(open_so_far);
             open.saturating_sub(run_end) > MAX_SILENCE_IN_GROUP_MS
-                || open.saturating_sub(first) >= GROUP_MS
+                || open.saturating_sub(first) >= MAX_GROUP_SPAN_MS
+                || whisper::packed_ms(&with_open) > GROUP_MS
         }
         None => buffered_ms.saturating_sub(run_end) > MAX_SILENCE_IN_GROUP_MS,
     };
@@ -256,7 +266,7 @@ fn flush(
     let buffered_ms = b.end() * 1000 / RATE;
     while let Some(n) = ready_group(pending, buffered_ms, open_start_ms, at_end) {
         let group: Vec<SpeechSegment> = pending.drain(..n).collect();
-        tracing::debug!(target: "classguard::speech", buffered_ms, first_ms = group[0].start_ms, last_ms = group[n - 1].end_ms, segments = n, left = pending.len(), "speech group");
+        tracing::debug!(target: "classguard::speech", buffered_ms, first_ms = group[0].start_ms, last_ms = group[n - 1].end_ms, segments = n, packed_ms = whisper::packed_ms(&group), left = pending.len(), "speech group");
         for s in &group {
             r.speech
                 .push((b.offset_ms + s.start_ms, b.offset_ms + s.end_ms));
@@ -451,11 +461,30 @@ mod tests {
 
     #[test]
     fn a_group_is_complete_when_the_next_segment_does_not_fit_in_one_window() {
-        let p = [seg(0, 10_000), seg(11_000, 25_000), seg(26_000, 31_000)];
+        // Padded: 10.2 + 14.4 = 24.6 s; the third (5.9 s) would make 30.5 s.
+        let p = [seg(0, 10_000), seg(11_000, 25_000), seg(26_000, 31_500)];
         assert_eq!(ready_group(&p, 31_500, None, false), Some(2));
         // Still open: the last segment may be followed by more that fits.
         assert_eq!(ready_group(&p[..2], 26_000, None, false), None);
         assert_eq!(ready_group(&p[..2], 26_000, None, true), Some(2));
+    }
+
+    #[test]
+    fn pauses_do_not_count_towards_the_window() {
+        // 36 s from first to last, but 4.2 + 5 x 4.4 = 26.2 s of padded speech: one group.
+        let p: Vec<SpeechSegment> = (0..6).map(|i| seg(i * 6_400, i * 6_400 + 4_000)).collect();
+        assert_eq!(ready_group(&p, 45_000, None, false), Some(6));
+        // A seventh phrase would overflow the window.
+        let mut q = p.clone();
+        q.push(seg(38_400, 42_400));
+        assert_eq!(ready_group(&q, 43_000, None, false), Some(6));
+    }
+
+    #[test]
+    fn a_group_spans_at_most_a_minute() {
+        // Short phrases with 7 s pauses: little speech, but the span limit closes the group.
+        let p: Vec<SpeechSegment> = (0..10).map(|i| seg(i * 8_000, i * 8_000 + 1_000)).collect();
+        assert_eq!(ready_group(&p, 80_000, None, false), Some(8));
     }
 
     #[test]
@@ -480,8 +509,11 @@ mod tests {
         // Long after the last closed segment, but the VAD is inside a segment that began soon
         // after it: that segment may still fit.
         assert_eq!(ready_group(&p, 16_000, Some(6_000), false), None);
-        // It began too late to fit, or after too long a pause.
-        assert_eq!(ready_group(&p, 31_000, Some(29_600), false), Some(1));
+        // It began after too long a pause, or too late in the span, or has grown too long.
         assert_eq!(ready_group(&p, 16_000, Some(13_500), false), Some(1));
+        let q: Vec<SpeechSegment> = (0..8).map(|i| seg(i * 8_000, i * 8_000 + 1_000)).collect();
+        assert_eq!(ready_group(&q, 61_000, Some(58_000), false), None);
+        assert_eq!(ready_group(&q, 61_000, Some(60_500), false), Some(8));
+        assert_eq!(ready_group(&p, 31_000, Some(6_000), false), Some(1));
     }
 }
