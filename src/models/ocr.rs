@@ -84,15 +84,6 @@ impl Ocr {
     }
 
     pub fn load_files(det_path: &Path, rec_path: &Path, opts: &ModelOptions) -> Result<Self> {
-        // A recording's frames all reach the detector at one size, so its activations (139 MB
-        // at 1280x736) are the same every call: keep them mapped. Without the arena each call
-        // mapped and faulted them in afresh, and the two model workers queued on the kernel's
-        // mapping lock (10-minute whiteboard, 31 slides: scan 32-35 -> 17.5-18 s, system time
-        // 19-20 -> 2 s, peak RSS 565 -> 629 MB; 2-minute: 523-531 -> 602-604 MB).
-        let opts = &ModelOptions {
-            cpu_arena: true,
-            ..opts.clone()
-        };
         let det = load_model(det_path, opts)?;
         let rec = load_model(rec_path, opts)?;
         let det_input = det
