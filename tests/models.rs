@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use classguard::models::imageops::{flip_horizontal, rotate};
-use classguard::models::whisper::AudioJob;
+use classguard::models::whisper::{AudioJob, TranscriptSegment};
 use classguard::models::{
     cosine, load_model, FaceDetector, FaceDetectorKind, FaceEmbedder, ModelError, ModelHome,
     ModelOptions, NsfwClassifier, NudeNetDetector, Ocr, RawInput, SpeechSegment, UltraFace, Vad,
@@ -745,49 +745,38 @@ fn whisper_transcribes_sentences_with_low_wer() {
         transcript.segments
     );
     assert!(e <= 0.10, "WER {e}");
-    // Segments are ordered, well formed and inside the audio.
     let dur = (signal.len() / 16) as u64;
-    for w in transcript.segments.windows(2) {
-        assert!(w[0].start_ms <= w[1].start_ms);
-    }
-    for s in &transcript.segments {
-        assert!(s.start_ms <= s.end_ms && s.end_ms <= dur + 20, "{s:?}");
-    }
-    // Each true sentence is covered by a segment whose bounds are roughly right.
-    for &(ts, te) in truth {
-        assert!(
-            transcript
-                .segments
-                .iter()
-                .any(|s| s.start_ms < te && s.end_ms > ts),
-            "no transcript segment over {ts}..{te}"
-        );
-    }
+    assert_segments_on_sentences(&transcript.segments, truth, dur);
     // VAD-gated transcription gives the same words.
     let speech = vad().detect(signal).unwrap();
     let gated = whisper().transcribe_regions(signal, &speech).unwrap();
     let eg = wer(&reference, &gated.text);
     eprintln!("VAD-gated WER {:.1}%: {}", eg * 100.0, gated.text);
     assert!(eg <= 0.10, "gated WER {eg}");
-    // The speech was packed without its pauses: the segment times must still be recording
-    // times, each on a true sentence, and every sentence covered.
+    // The speech was packed without its pauses: the segment times must still be recording times.
     eprintln!("VAD-gated segments: {:?}", gated.segments);
-    for s in &gated.segments {
+    assert_segments_on_sentences(&gated.segments, truth, dur);
+}
+
+/// Transcript segments are ordered, well formed and inside the audio (`dur_ms`), each lies on a
+/// true sentence (300 ms tolerance), and each sentence is covered by a segment.
+fn assert_segments_on_sentences(segments: &[TranscriptSegment], truth: &[(u64, u64)], dur_ms: u64) {
+    for w in segments.windows(2) {
+        assert!(w[0].start_ms <= w[1].start_ms, "{segments:?}");
+    }
+    for s in segments {
+        assert!(s.start_ms <= s.end_ms && s.end_ms <= dur_ms + 20, "{s:?}");
         assert!(
             truth
                 .iter()
                 .any(|&(ts, te)| s.start_ms < te + 300 && s.end_ms + 300 > ts),
-            "gated segment {s:?} is on no sentence of {truth:?}"
+            "segment {s:?} is on no sentence of {truth:?}"
         );
-        assert!(s.start_ms <= s.end_ms && s.end_ms <= dur + 20, "{s:?}");
     }
     for &(ts, te) in truth {
         assert!(
-            gated
-                .segments
-                .iter()
-                .any(|s| s.start_ms < te && s.end_ms > ts),
-            "no gated transcript segment over {ts}..{te}"
+            segments.iter().any(|s| s.start_ms < te && s.end_ms > ts),
+            "no transcript segment over {ts}..{te}"
         );
     }
 }
