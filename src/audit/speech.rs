@@ -2,9 +2,9 @@
 //! transcript. Runs on its own thread, fed in recording order through a bounded channel.
 //!
 //! Memory: audio is buffered only from the start of the oldest speech the VAD has not closed (or
-//! the last two minutes of unbroken speech), and closed groups (at most 30 s of speech within a
-//! minute of recording) are copied out and queued until `gates.whisper_batch` of them can be
-//! decoded together, so a long recording holds at most a few minutes of samples.
+//! the last two minutes of unbroken speech), and closed groups (at most one window of speech
+//! within a minute of recording) are copied out and queued until `gates.whisper_batch` of them
+//! can be decoded together, so a long recording holds at most a few minutes of samples.
 //!
 //! With the `whisper_speech_only` gate off, the VAD still runs (speech spans, silence findings)
 //! but Whisper transcribes all audio, in consecutive 30 s windows, whatever the VAD heard.
