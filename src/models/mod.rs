@@ -274,10 +274,12 @@ fn fixed_mmap_threshold() {
 }
 
 /// Hands the free pages inside the allocator's heaps back to the system. Called after each
-/// slice's models: OCR recognition batches and other variable-shape tensors under the mmap
-/// threshold leave free holes in the worker threads' heaps, which otherwise stay resident and
-/// add up over a long recording (peak RSS of the 10-minute whiteboard scan: 683-699 MB without,
-/// 671-675 MB with, in three interleaved pairs; no change in wall time). A no-op elsewhere.
+/// slice's models: pre- and post-processing buffers of varying size (crops, OCR line images,
+/// decoded outputs) leave free holes in the worker threads' heaps, which otherwise stay
+/// resident and add up over a long recording. Measured when the models still allocated their
+/// activations through the system allocator (10-minute whiteboard: 683-699 -> 671-675 MB, no
+/// change in wall time); with the runtime's arenas on (`ModelOptions::cpu_arena`) the holes
+/// left are smaller and the gain has not been measured again. A no-op elsewhere.
 pub fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the system; it takes no pointers.
