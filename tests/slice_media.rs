@@ -295,3 +295,45 @@ fn frame_rate_limit_stops_decoding_a_flooded_track() {
     assert!(reason.contains("frames per second"), "{reason}");
     assert!(report.tracks[0].decoded < report.tracks[0].frames);
 }
+
+/// The sequential baseline's turn: while it is held, neither decoder takes a buffer (no slice,
+/// no audio comes out); once it is released the recording slices exactly as without a turn.
+#[test]
+fn a_held_turn_stops_decoding_until_released() {
+    let rel = "browser/camera-vp8-opus.webm";
+    let free = slice_fixture(rel, None).unwrap();
+    let turn = slice::Turn::default();
+    let held = turn.hold();
+    let opts = SliceOptions {
+        turn: Some(turn.clone()),
+        ..SliceOptions::default()
+    };
+    let path = common::fixture(rel);
+    let (rx, handle) = slice::start(File::open(&path).unwrap(), "camera.webm", opts);
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < std::time::Duration::from_millis(500) {
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(SliceOutput::Header(_)) | Err(_) => {}
+            Ok(SliceOutput::Slice(s)) => {
+                panic!("a slice at {} ms came out during the turn", s.pts_ms)
+            }
+            Ok(SliceOutput::Audio(a)) => {
+                panic!("audio at {} ms came out during the turn", a.start_ms)
+            }
+        }
+    }
+    drop(held);
+    let (mut slices, mut audio_samples) = (Vec::new(), 0);
+    for out in rx {
+        match out {
+            SliceOutput::Slice(s) => slices.push((s.pts_ms, s.width, s.height, s.role)),
+            SliceOutput::Audio(a) => audio_samples += a.samples.len(),
+            SliceOutput::Header(_) => {}
+        }
+    }
+    let report = handle.join().unwrap().unwrap();
+    assert!(!report.partial, "{:?}", report.partial_reason);
+    assert_eq!(slices, free.slices);
+    assert_eq!(audio_samples, free.audio_samples);
+    assert_eq!(report.tracks[0].decoded, free.report.tracks[0].decoded);
+}

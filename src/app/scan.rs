@@ -39,8 +39,8 @@ pub struct ScanOptions {
     /// Print each verdict as one JSON line on stdout.
     pub jsonl: bool,
     /// Benchmark baseline: every slice's models inline on the dispatching thread, speech after
-    /// the video (see `AuditRequest::sequential`). Hidden on the command line.
-    pub sequential: bool,
+    /// the video (see [`audit::Sequential`]). Hidden on the command line.
+    pub sequential: audit::Sequential,
 }
 
 /// Problems with the command line or the set-up rather than with a recording (exit code 2).
@@ -318,8 +318,12 @@ pub fn run(
     // One session per model per recording in flight: a recording's workers share them (they rarely
     // want the same model at once: the models are busy a fraction of the wall time, see
     // docs/benchmarks.md), and every extra session is another copy of the weights in memory.
-    let models = AuditModels::load(&policy, &home, jobs)
-        .map_err(|e| ScanSetupError::Models(e.to_string()))?;
+    let models = if opts.sequential == audit::Sequential::Strict {
+        AuditModels::load_one_thread(&policy, &home)
+    } else {
+        AuditModels::load(&policy, &home, jobs)
+    };
+    let models = models.map_err(|e| ScanSetupError::Models(e.to_string()))?;
     let templates = match &opts.teacher {
         Some(t) => {
             let model = models.face_embedder.id();

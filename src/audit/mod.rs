@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{bounded, select, unbounded};
+use crossbeam_channel::{bounded, never, select, unbounded};
 use image::RgbImage;
 
 use crate::ingest::Recording;
@@ -73,8 +73,25 @@ pub struct AuditModels {
 impl AuditModels {
     /// Loads the policy's models with one session per worker.
     pub fn load(policy: &Policy, home: &ModelHome, workers: usize) -> Result<Self, AuditError> {
+        Self::load_with(policy, home, workers, None)
+    }
+
+    /// One session per model, every one with a single intra-op thread, Whisper included: for
+    /// the one-thing-at-a-time baseline ([`Sequential::Strict`]).
+    pub fn load_one_thread(policy: &Policy, home: &ModelHome) -> Result<Self, AuditError> {
+        Self::load_with(policy, home, 1, Some(1))
+    }
+
+    /// `threads`: intra-op threads of every session instead of the policy's (and Whisper's
+    /// thread per core).
+    fn load_with(
+        policy: &Policy,
+        home: &ModelHome,
+        workers: usize,
+        threads: Option<usize>,
+    ) -> Result<Self, AuditError> {
         let opts = ModelOptions {
-            intra_threads: policy.models.threads.max(1),
+            intra_threads: threads.unwrap_or(policy.models.threads).max(1),
             pool_size: workers.max(1),
             ..Default::default()
         };
@@ -102,7 +119,7 @@ impl AuditModels {
             .map(|n| n.get())
             .unwrap_or(1);
         let speech_opts = ModelOptions {
-            intra_threads: single.intra_threads.max(cores.min(4)),
+            intra_threads: threads.unwrap_or(single.intra_threads.max(cores.min(4))),
             ..single.clone()
         };
         let whisper = match policy.models.whisper {
@@ -234,10 +251,27 @@ pub struct AuditRequest<'a> {
     pub role: Option<Role>,
     /// Model workers for this recording (slices analysed concurrently).
     pub workers: usize,
-    /// Benchmark baseline (`scan --sequential`): no worker threads; each slice's models run on
-    /// the dispatching thread one after another, and the microphone is analysed only after the
-    /// last slice (its chunks queue up meanwhile), so no model runs overlap. `workers` is ignored.
-    pub sequential: bool,
+    /// The benchmark baseline's modes (`scan --sequential`); production is `Sequential::Off`.
+    pub sequential: Sequential,
+}
+
+/// How the benchmark baseline (`scan --sequential`, docs/benchmarks.md) gives up concurrency.
+/// In both baseline modes there are no model worker threads: each slice's models run on the
+/// dispatching thread one after another, and the microphone is analysed only after the last
+/// slice (its chunks queue up meanwhile). `AuditRequest::workers` is ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sequential {
+    /// Production: model workers, the speech thread, decoding alongside.
+    #[default]
+    Off,
+    /// One thing at a time, as the benchmark's row 2 is specified ("one after the other, no
+    /// overlap"): the decoders and the video puller wait while a slice's models run, the video
+    /// decoder has one thread, and every model one intra-op thread (load the models with
+    /// [`AuditModels::load_one_thread`]).
+    Strict,
+    /// Only the models take turns: the decoders keep running alongside on their own threads,
+    /// and Whisper keeps a thread per core (the baseline as first measured).
+    Models,
 }
 
 /// A finished audit: the verdict plus what the caller registers (evidence retention).
@@ -327,6 +361,15 @@ pub fn audit(
         decode_audio: models.vad.is_some(),
         ..SliceOptions::default()
     };
+    let turn = (req.sequential == Sequential::Strict).then(slice::Turn::default);
+    let opts = match &turn {
+        Some(t) => SliceOptions {
+            decoder_threads: 1,
+            turn: Some(t.clone()),
+            ..opts
+        },
+        None => opts,
+    };
     let reader = req.recording.open()?;
     let (slice_rx, slicer) = slice::start(reader, &req.recording.file_name(), opts);
 
@@ -362,7 +405,7 @@ pub fn audit(
     let mut slice_errors: Vec<String> = Vec::new();
     let mut stage_ms: HashMap<&'static str, (u64, u64)> = HashMap::new();
 
-    let sequential = req.sequential;
+    let sequential = req.sequential != Sequential::Off;
     let (speech_result, slice_result) = std::thread::scope(|scope| {
         let (audio_tx, audio_rx) = if sequential {
             unbounded::<slice::AudioChunk>()
@@ -414,6 +457,7 @@ pub fn audit(
         let mut last_gate_thumb: Option<(u64, [u8; 256])> = None;
         let mut slices_open = true;
         let mut audio_tx = Some(audio_tx);
+        let no_results = never::<Done>();
         let mut emit = |pending: &mut BTreeMap<u64, Pending>,
                         emit_seq: &mut u64,
                         last_camera: &mut Option<(u64, [u8; 256], CameraObservation)>,
@@ -465,6 +509,10 @@ pub fn audit(
                 }
             };
             if admit {
+                // With nothing in flight the results channel can only be empty or, with no
+                // workers (the sequential baseline), disconnected: selecting on it would then
+                // return at once and spin this loop on a core the decoder needs.
+                let done_or_never = if in_flight > 0 { &done_rx } else { &no_results };
                 select! {
                     recv(slice_rx) -> msg => match msg {
                         Ok(SliceOutput::Slice(s)) => {
@@ -495,6 +543,7 @@ pub fn audit(
                             let image = s.image.clone();
                             pending.insert(seq, Pending { pts, role: s.role, image: s.image, state: if reuse { PendingState::Reuse } else { PendingState::Waiting } });
                             if !reuse && sequential {
+                                let _turn = turn.as_ref().map(slice::Turn::hold);
                                 let done = run_job(models, policy, &req.templates, Job { seq, kind, image }, &calls);
                                 handle_done(done, &mut pending);
                             } else if !reuse {
@@ -515,7 +564,7 @@ pub fn audit(
                             audio_tx = None;
                         }
                     },
-                    recv(done_rx) -> msg => if let Ok(d) = msg {
+                    recv(done_or_never) -> msg => if let Ok(d) = msg {
                         in_flight -= 1;
                         handle_done(d, &mut pending);
                     },
