@@ -318,17 +318,12 @@ pub fn run(
     // One session per model per recording in flight: a recording's workers share them (they rarely
     // want the same model at once: the models are busy a fraction of the wall time, see
     // docs/benchmarks.md), and every extra session is another copy of the weights in memory.
-    let loading = std::time::Instant::now();
     let models = if opts.sequential == audit::Sequential::Strict {
         AuditModels::load_one_thread(&policy, &home)
     } else {
         AuditModels::load(&policy, &home, jobs)
     };
     let models = models.map_err(|e| ScanSetupError::Models(e.to_string()))?;
-    info!(
-        took_ms = loading.elapsed().as_millis() as u64,
-        "models loaded"
-    );
     let templates = match &opts.teacher {
         Some(t) => {
             let model = models.face_embedder.id();
