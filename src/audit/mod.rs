@@ -380,6 +380,8 @@ pub fn audit(
     let started = Instant::now();
     std::fs::create_dir_all(&req.out_dir)
         .map_err(|e| slice::SliceError::Io(format!("{}: {e}", req.out_dir.display())))?;
+    // The one-thing-at-a-time baseline: decoding waits while the models run.
+    let turn = (req.sequential == Sequential::Strict).then(slice::Turn::default);
     let opts = SliceOptions {
         sampling: policy.sampling.clone(),
         role: req.role,
@@ -390,16 +392,13 @@ pub fn audit(
         },
         mic_path: Some(req.out_dir.join("mic.webm")),
         decode_audio: models.vad.is_some(),
-        ..SliceOptions::default()
-    };
-    let turn = (req.sequential == Sequential::Strict).then(slice::Turn::default);
-    let opts = match &turn {
-        Some(t) => SliceOptions {
-            decoder_threads: 1,
-            turn: Some(t.clone()),
-            ..opts
+        decoder_threads: if turn.is_some() {
+            1
+        } else {
+            SliceOptions::default().decoder_threads
         },
-        None => opts,
+        turn: turn.clone(),
+        ..SliceOptions::default()
     };
     let reader = req.recording.open()?;
     let (slice_rx, slicer) = slice::start(reader, &req.recording.file_name(), opts);
