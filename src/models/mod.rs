@@ -376,13 +376,6 @@ pub struct ModelOptions {
     /// time 6.5 -> 2.2 s, peak RSS +17 MB; naive row 83 -> 61 s. Off trades that time for a
     /// lower resident set (the arena keeps each session's largest run).
     pub cpu_arena: bool,
-    /// Let a session's intra-op worker threads spin between operators instead of sleeping.
-    /// Spinning shaves a wake-up off each operator, but here every core is also wanted by the
-    /// video decoder and the other model workers, and a spinning thread takes its core from
-    /// them: Whisper's decoder runs a hundred small operators per token. Measured on the
-    /// 10-minute camera file, spinning off: default scan 64.7 -> 59.4 and 59.0 -> 54.8 user
-    /// CPU-s with the wall time no worse; the naive row 122 -> 106 CPU-s.
-    pub intra_spinning: bool,
 }
 
 impl Default for ModelOptions {
@@ -393,7 +386,6 @@ impl Default for ModelOptions {
             execution_provider: ExecutionProvider::Cpu,
             device_id: 0,
             cpu_arena: true,
-            intra_spinning: false,
         }
     }
 }
@@ -651,11 +643,13 @@ fn build_session(
         .with_intra_threads(opts.intra_threads.max(1))
         .map_err(err)?;
     let b = b.with_inter_threads(1).map_err(err)?;
+    // Intra-op worker threads sleep between operators instead of spinning: every core is also
+    // wanted by the video decoder and the other model workers, and Whisper's decoder runs a
+    // hundred small operators per token. Measured on the 10-minute camera file: default scan
+    // 64.7 -> 59.4 and 59.0 -> 54.8 user CPU-s with the wall time no worse; the looser naive
+    // row 122 -> 106 CPU-s.
     let b = b
-        .with_config_entry(
-            "session.intra_op.allow_spinning",
-            if opts.intra_spinning { "1" } else { "0" },
-        )
+        .with_config_entry("session.intra_op.allow_spinning", "0")
         .map_err(err)?;
     // `All` (99), not `Level3`: ort maps Level3 to ORT_ENABLE_LAYOUT (3), which runtimes before
     // 1.23 reject as invalid.
