@@ -1,8 +1,8 @@
 //! The shipped policy loads; broken policies fail naming the field; the shipped text rules catch contact
 //! details, payment requests and profanity in English and Chinese, and stay quiet on lesson text.
 
-use classguard::policy::{Action, Policy, PolicyError, TextHit};
-use classguard::verdict::{decide, Decision, Evidence, Finding, ModelRef, Severity, Track};
+use classguard::policy::{decide, Action, Policy, PolicyError, TextHit};
+use classguard::verdict::{Decision, Evidence, Finding, Label, ModelRef, Severity, Track};
 
 fn classroom() -> Policy {
     Policy::embedded().expect("shipped classroom.toml loads")
@@ -14,7 +14,7 @@ fn labels(hits: &[TextHit]) -> Vec<&str> {
 
 fn has(hits: &[TextHit], label: &str, matched_contains: &str) -> bool {
     hits.iter()
-        .any(|h| h.label == label && h.matched.contains(matched_contains))
+        .any(|h| h.label.as_str() == label && h.matched.contains(matched_contains))
 }
 
 #[test]
@@ -29,7 +29,7 @@ fn shipped_policy_loads_from_file_and_embedded_alike() {
     );
     assert_eq!(embedded.face.identity_threshold, 0.363);
     assert!(!embedded.evidence.keep_face_crops);
-    assert_eq!(embedded.decision.action_for("nudity"), Action::Block);
+    assert_eq!(embedded.decision.action_for(Label::Nudity), Action::Block);
 }
 
 #[test]
@@ -102,6 +102,16 @@ fn out_of_range_values_name_the_field_and_file() {
         ("gates", "whisper_batch = 0", "gates.whisper_batch"),
         ("gates", "whisper_batch = 64", "gates.whisper_batch"),
         ("limits", "max_file_bytes = 0", "limits.max_file_bytes"),
+        (
+            "face",
+            "no_face_min_fraction = 0.0",
+            "face.no_face_min_fraction",
+        ),
+        (
+            "face",
+            "no_face_min_fraction = 1.5",
+            "face.no_face_min_fraction",
+        ),
         ("evidence", "retention_days = 0", "evidence.retention_days"),
     ];
     for (section, line, field) in cases {
@@ -146,6 +156,13 @@ fn bad_text_rules_name_the_rule() {
     let unknown_label =
         format!("{base}\n[[text_rules]]\nid = \"y\"\nlabel = \"profanityy\"\nwords = [\"x\"]\n");
     let e = invalid(&unknown_label);
+    assert!(matches!(e, PolicyError::Parse { .. }), "{e}");
+    assert!(e.to_string().contains("profanityy"), "{e}");
+    // A known label the policy's own table leaves out is refused too: nothing would decide it.
+    let unmapped = "name = \"m\"\nversion = \"1\"\n[decision.labels]\n\
+                    nudity = { action = \"block\", severity = \"critical\" }\n\
+                    [[text_rules]]\nid = \"y\"\nlabel = \"profanity\"\nwords = [\"x\"]\n";
+    let e = invalid(unmapped);
     assert!(e.field().unwrap().ends_with("].label"), "{e}");
 }
 
@@ -318,9 +335,9 @@ fn language_filter_applies_only_to_language_specific_rules() {
         .is_empty());
 }
 
-fn finding(label: &str) -> Finding {
+fn finding(label: Label) -> Finding {
     Finding {
-        label: label.into(),
+        label,
         severity: Severity::Medium,
         track: Track::Camera,
         start_ms: 0,
@@ -345,26 +362,138 @@ fn decision_follows_the_policy_table() {
         Decision::Review,
         "partial audit cannot pass"
     );
-    assert_eq!(decide(&p, &[finding("silence")], false), Decision::Pass);
     assert_eq!(
-        decide(&p, &[finding("contact_info")], false),
+        decide(&p, &[finding(Label::Silence)], false),
+        Decision::Pass
+    );
+    assert_eq!(
+        decide(&p, &[finding(Label::ContactInfo)], false),
         Decision::Review
     );
     assert_eq!(
-        decide(&p, &[finding("identity_mismatch")], false),
+        decide(&p, &[finding(Label::IdentityMismatch)], false),
         Decision::Review
     );
     assert_eq!(
         decide(
             &p,
-            &[finding("silence"), finding("nudity"), finding("profanity")],
+            &[
+                finding(Label::Silence),
+                finding(Label::Nudity),
+                finding(Label::Profanity)
+            ],
             false
         ),
         Decision::Block
     );
-    assert_eq!(decide(&p, &[finding("nudity")], true), Decision::Block);
+    assert_eq!(decide(&p, &[finding(Label::Nudity)], true), Decision::Block);
+    // A label the policy's table leaves out gets `unknown_label`.
+    let sparse = Policy::from_toml_str(
+        "name = \"m\"\nversion = \"1\"\n[decision]\nunknown_label = \"block\"\n\
+         [decision.labels]\nnudity = { action = \"block\", severity = \"critical\" }\n",
+        "sparse.toml",
+    )
+    .unwrap();
     assert_eq!(
-        decide(&p, &[finding("never_heard_of")], false),
-        Decision::Review
+        decide(&sparse, &[finding(Label::Silence)], false),
+        Decision::Block
+    );
+}
+
+/// Every label the built-in checks produce, with the action the shipped policies must give it.
+const BUILT_IN: [(&str, Action); 9] = [
+    ("nudity", Action::Block),
+    ("identity_mismatch", Action::Review),
+    ("identity_unverified", Action::Review),
+    ("no_face", Action::Review),
+    ("multiple_faces", Action::Review),
+    ("contact_info", Action::Review),
+    ("payment_solicitation", Action::Review),
+    ("profanity", Action::Review),
+    ("silence", Action::Pass),
+];
+
+#[test]
+fn shipped_policies_map_every_built_in_label_explicitly() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let p = Policy::from_file(&path).unwrap();
+        for (label, action) in BUILT_IN {
+            let label: Label = label.parse().unwrap();
+            let entry = p.decision.labels.get(&label).unwrap_or_else(|| {
+                panic!(
+                    "{}: `{label}` missing from [decision.labels]",
+                    path.display()
+                )
+            });
+            assert_eq!(entry.action, action, "{}: {label}", path.display());
+        }
+        assert_eq!(p.face.no_face_min_fraction, 0.3, "{}", path.display());
+    }
+    // A policy that names no labels gets the same table from the defaults.
+    let minimal = Policy::from_toml_str("name = \"m\"\nversion = \"1\"\n", "m").unwrap();
+    for (label, action) in BUILT_IN {
+        let parsed: Label = label.parse().unwrap();
+        assert_eq!(minimal.decision.action_for(parsed), action, "{label}");
+    }
+    assert_eq!(
+        BUILT_IN.len(),
+        Label::ALL.len(),
+        "every label is listed above"
+    );
+    assert_eq!(minimal.face.no_face_min_fraction, 0.3);
+}
+
+#[test]
+fn severity_comes_from_the_rule_then_the_label_never_from_the_rule_name() {
+    let p = classroom();
+    // Text rules carry their own severity: the mild profanity list is `low`, the label `medium`.
+    assert_eq!(
+        p.severity_of("profanity.en.mild", Label::Profanity),
+        Severity::Low
+    );
+    assert_eq!(
+        p.severity_of("profanity.en", Label::Profanity),
+        Severity::Medium
+    );
+    assert_eq!(
+        p.severity_of("contact.email", Label::ContactInfo),
+        Severity::High
+    );
+    // Built-in checks take their label's severity, whatever their rule id looks like.
+    assert_eq!(
+        p.severity_of("face.no_face", Label::NoFace),
+        Severity::Medium
+    );
+    assert_eq!(
+        p.severity_of("speech.silence", Label::Silence),
+        Severity::Info
+    );
+    assert_eq!(
+        p.severity_of("nudity.camera", Label::Nudity),
+        Severity::Critical
+    );
+    assert_eq!(
+        p.severity_of("face.identity_never_verified", Label::IdentityUnverified),
+        Severity::Medium
+    );
+    // A rule id that merely contains "contact" is not a text rule.
+    assert_eq!(
+        p.severity_of("face.contact_lens", Label::NoFace),
+        Severity::Medium
+    );
+    // A policy that changes a label's severity changes the built-in findings' severity.
+    let text = classroom_with(
+        "decision.labels",
+        "no_face = { action = \"review\", severity = \"high\" }",
+    );
+    let changed = Policy::from_toml_str(&text, "t.toml").unwrap();
+    assert_eq!(
+        changed.severity_of("face.no_face", Label::NoFace),
+        Severity::High
     );
 }

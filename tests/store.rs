@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use classguard::policy::Policy;
+use classguard::policy::{decide, Policy};
 use classguard::store::{FindingStatus, Store, StoreError};
 use classguard::verdict::{
-    decide, Evidence, Finding, ModelRef, ModelUse, PolicyRef, RecordingInfo, Severity, Stats,
-    Track, Verdict, SCHEMA_VERSION,
+    Evidence, Finding, Label, ModelRef, ModelUse, PolicyRef, RecordingInfo, Severity, Stats, Track,
+    Verdict, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -21,11 +21,10 @@ fn verdict(recording: &str, findings: usize) -> Verdict {
     let findings: Vec<Finding> = (0..findings)
         .map(|i| Finding {
             label: if i % 2 == 0 {
-                "contact_info"
+                Label::ContactInfo
             } else {
-                "no_face"
-            }
-            .into(),
+                Label::NoFace
+            },
             severity: Severity::High,
             track: Track::Desktop,
             start_ms: i as u64 * 1000,

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use classguard::policy::Policy;
+use classguard::policy::{decide, Policy};
 use classguard::verdict::{
-    decide, now_rfc3339, BBox, Decision, Evidence, Finding, ModelRef, ModelUse, PolicyRef,
+    now_rfc3339, BBox, Decision, Evidence, Finding, Label, ModelRef, ModelUse, PolicyRef,
     RecordingInfo, Severity, StageStats, Stats, Track, Verdict, SCHEMA_VERSION,
 };
 use serde_json::{json, Value};
@@ -45,7 +45,7 @@ fn full_verdict() -> Verdict {
     };
     let findings = vec![
         Finding {
-            label: "no_face".into(),
+            label: Label::NoFace,
             severity: Severity::Medium,
             track: Track::Camera,
             start_ms: 12_000,
@@ -60,7 +60,7 @@ fn full_verdict() -> Verdict {
             reason: "No face on camera for 46 s".into(),
         },
         Finding {
-            label: "multiple_faces".into(),
+            label: Label::MultipleFaces,
             severity: Severity::Low,
             track: Track::Camera,
             start_ms: 60_000,
@@ -81,7 +81,7 @@ fn full_verdict() -> Verdict {
             reason: "2 faces on camera".into(),
         },
         Finding {
-            label: "contact_info".into(),
+            label: Label::ContactInfo,
             severity: Severity::High,
             track: Track::Desktop,
             start_ms: 90_500,
@@ -96,7 +96,7 @@ fn full_verdict() -> Verdict {
             reason: "E-mail address on the shared screen".into(),
         },
         Finding {
-            label: "payment_solicitation".into(),
+            label: Label::PaymentSolicitation,
             severity: Severity::High,
             track: Track::Microphone,
             start_ms: 120_000,
@@ -265,4 +265,31 @@ fn rust_types_reject_what_the_schema_rejects() {
     let mut bad = serde_json::to_value(full_verdict()).unwrap();
     bad["findings"][0]["evidence"]["face_crop"] = json!("x.jpg");
     assert!(serde_json::from_value::<Verdict>(bad).is_err());
+    let mut bad = serde_json::to_value(full_verdict()).unwrap();
+    bad["findings"][0]["label"] = json!("no_faces");
+    assert!(!validator().is_valid(&bad));
+    assert!(serde_json::from_value::<Verdict>(bad).is_err());
+}
+
+#[test]
+fn schema_labels_are_the_label_enum() {
+    let listed: Vec<String> = schema()["$defs"]["finding"]["properties"]["label"]["enum"]
+        .as_array()
+        .expect("label enum in the schema")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let ours: Vec<String> = Label::ALL.iter().map(|l| l.as_str().to_string()).collect();
+    assert_eq!(listed, ours);
+    // Every label validates in a finding.
+    let v = validator();
+    for l in Label::ALL {
+        let mut good = serde_json::to_value(full_verdict()).unwrap();
+        good["findings"][0]["label"] = json!(l.as_str());
+        assert_eq!(errors(&v, &good), Vec::<String>::new(), "{l}");
+        assert_eq!(
+            serde_json::from_value::<Verdict>(good).unwrap().findings[0].label,
+            l
+        );
+    }
 }

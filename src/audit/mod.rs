@@ -426,6 +426,7 @@ pub fn audit(
                 sha256: "0".repeat(64),
             }),
         camera_interval_ms: policy.sampling.camera.interval_ms,
+        verify_identity: !req.templates.is_empty(),
     };
     let mut visual = VisualFindings::new(&ctx);
     let workers = req.workers.max(1);
@@ -645,7 +646,7 @@ pub fn audit(
             min_ms,
         ) {
             found.push(Finding {
-                label: "silence".into(),
+                label: verdict::Label::Silence,
                 severity: Default::default(),
                 track: verdict::Track::Microphone,
                 start_ms: s,
@@ -662,15 +663,14 @@ pub fn audit(
         }
     }
     for f in &mut found {
-        if !f.rule_id.contains("contact")
-            && !f.rule_id.contains("payment")
-            && !f.rule_id.contains("profan")
-        {
-            f.severity = policy.decision.severity_for(&f.label);
-        }
+        f.severity = policy.severity_of(&f.rule_id, f.label);
     }
     found.sort_by(|a, b| {
-        (a.start_ms, a.track.as_str(), &a.label).cmp(&(b.start_ms, b.track.as_str(), &b.label))
+        (a.start_ms, a.track.as_str(), a.label.as_str()).cmp(&(
+            b.start_ms,
+            b.track.as_str(),
+            b.label.as_str(),
+        ))
     });
 
     let mut partial_reason = report.partial_reason.clone();
@@ -779,7 +779,7 @@ pub fn audit(
     stats.model_calls = model_calls;
     stats.gate_savings = gate_savings;
 
-    let decision = verdict::decide(policy, &found, partial);
+    let decision = policy::decide(policy, &found, partial);
     let mut evidence: Vec<String> = ev_visual.written().to_vec();
     evidence.extend(ev_speech.written().iter().cloned());
     let verdict = Verdict {

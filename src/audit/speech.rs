@@ -398,7 +398,7 @@ fn scan_transcript(
         seen.push((hit.rule_id.clone(), hit.matched.clone()));
         let at = |ms: u64| ((ms.saturating_sub(abs) * RATE / 1000) as usize).min(q.samples.len());
         let clip = &q.samples[at(s)..at(e).max(at(s))];
-        let audio_clip = match ev.audio(&hit.label, s, clip) {
+        let audio_clip = match ev.audio(hit.label.as_str(), s, clip) {
             Ok(p) => Some(p),
             Err(err) => {
                 r.errors.push(err.to_string());
@@ -407,7 +407,7 @@ fn scan_transcript(
         };
         let max = policy.evidence.max_excerpt_chars;
         r.findings.push(Finding {
-            label: hit.label.clone(),
+            label: hit.label,
             severity: hit.severity,
             track: Track::Microphone,
             start_ms: s,
@@ -422,7 +422,7 @@ fn scan_transcript(
             },
             reason: format!(
                 "{} '{}' said on the microphone",
-                describe_label(&hit.label),
+                describe_label(hit.label),
                 redact(&hit.matched)
             ),
         });

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::slice::sampling::SamplingConfig;
-use crate::verdict::{labels, Severity};
+use crate::verdict::{Decision, Finding, Label, PolicyRef, Severity};
 
 pub use text::{TextHit, TextPolicy, TextRule};
 
@@ -154,7 +154,7 @@ impl Default for Gates {
     }
 }
 
-/// "`k` of the last `n` samples" (see [`crate::verdict::SpanBuilder`]).
+/// "`k` of the last `n` samples" (see [`crate::audit::findings::SpanBuilder`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Corroboration {
@@ -175,7 +175,12 @@ pub struct FacePolicy {
     /// Cosine similarity to an enrolled template at or above which the face is the teacher
     /// (0.363 is the published operating point of SFace).
     pub identity_threshold: f32,
+    /// No face on camera for at least this long is `no_face`...
     pub no_face_min_s: f32,
+    /// ...and so is no face for at least this share (0..1] of the recording, so that a camera
+    /// empty for most of a short recording is flagged while short glances away in a long class
+    /// are not.
+    pub no_face_min_fraction: f32,
     pub multiple_faces_min_s: f32,
     pub identity_corroboration: Corroboration,
 }
@@ -188,6 +193,7 @@ impl Default for FacePolicy {
             blur_min: 40.0,
             identity_threshold: 0.363,
             no_face_min_s: 30.0,
+            no_face_min_fraction: 0.3,
             multiple_faces_min_s: 10.0,
             identity_corroboration: Corroboration { k: 3, n: 5 },
         }
@@ -261,7 +267,7 @@ pub struct LabelDecision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DecisionPolicy {
-    pub labels: BTreeMap<String, LabelDecision>,
+    pub labels: BTreeMap<Label, LabelDecision>,
     /// Action for a label the table does not name (review: unknown means a human should look).
     pub unknown_label: Action,
     /// Least action for a partially audited recording.
@@ -269,16 +275,16 @@ pub struct DecisionPolicy {
 }
 
 impl DecisionPolicy {
-    pub fn action_for(&self, label: &str) -> Action {
+    pub fn action_for(&self, label: Label) -> Action {
         self.labels
-            .get(label)
+            .get(&label)
             .map_or(self.unknown_label, |l| l.action)
     }
 
     /// Default severity for findings of `label`.
-    pub fn severity_for(&self, label: &str) -> Severity {
+    pub fn severity_for(&self, label: Label) -> Severity {
         self.labels
-            .get(label)
+            .get(&label)
             .map_or(Severity::Medium, |l| l.severity)
     }
 }
@@ -286,22 +292,23 @@ impl DecisionPolicy {
 impl Default for DecisionPolicy {
     fn default() -> Self {
         let l = |action, severity| LabelDecision { action, severity };
-        let labels = [
-            (labels::NUDITY, l(Action::Block, Severity::Critical)),
-            (labels::IDENTITY_MISMATCH, l(Action::Review, Severity::High)),
-            (labels::NO_FACE, l(Action::Review, Severity::Medium)),
-            (labels::MULTIPLE_FACES, l(Action::Review, Severity::Low)),
-            (labels::CONTACT_INFO, l(Action::Review, Severity::High)),
-            (
-                labels::PAYMENT_SOLICITATION,
-                l(Action::Review, Severity::High),
-            ),
-            (labels::PROFANITY, l(Action::Review, Severity::Medium)),
-            (labels::SILENCE, l(Action::Pass, Severity::Info)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let labels = Label::ALL
+            .into_iter()
+            .map(|label| {
+                let decision = match label {
+                    Label::Nudity => l(Action::Block, Severity::Critical),
+                    Label::IdentityMismatch => l(Action::Review, Severity::High),
+                    Label::IdentityUnverified => l(Action::Review, Severity::Medium),
+                    Label::NoFace => l(Action::Review, Severity::Medium),
+                    Label::MultipleFaces => l(Action::Review, Severity::Low),
+                    Label::ContactInfo => l(Action::Review, Severity::High),
+                    Label::PaymentSolicitation => l(Action::Review, Severity::High),
+                    Label::Profanity => l(Action::Review, Severity::Medium),
+                    Label::Silence => l(Action::Pass, Severity::Info),
+                };
+                (label, decision)
+            })
+            .collect();
         DecisionPolicy {
             labels,
             unknown_label: Action::Review,
@@ -480,6 +487,13 @@ impl Policy {
         v.range("face.identity_threshold", f.identity_threshold, -1.0, 1.0);
         v.range("face.no_face_min_s", f.no_face_min_s, 0.0, 86_400.0);
         v.range(
+            "face.no_face_min_fraction",
+            f.no_face_min_fraction,
+            0.0,
+            1.0,
+        );
+        v.positive_f("face.no_face_min_fraction", f.no_face_min_fraction);
+        v.range(
             "face.multiple_faces_min_s",
             f.multiple_faces_min_s,
             0.0,
@@ -501,11 +515,6 @@ impl Policy {
         v.range("speech.silence_min_s", sp.silence_min_s, 0.0, 86_400.0);
         v.positive_f("speech.silence_min_s", sp.silence_min_s);
 
-        for (label, _) in self.decision.labels.iter() {
-            if label.trim().is_empty() {
-                v.fail("decision.labels", "empty label".into());
-            }
-        }
         for (i, r) in self.text_rules.iter().enumerate() {
             if !self.decision.labels.contains_key(&r.label) {
                 v.fail(
@@ -540,6 +549,15 @@ impl Policy {
         Ok(())
     }
 
+    /// The severity of a finding: a text rule's own (`[[text_rules]]` with this id), else its
+    /// label's in `[decision.labels]`.
+    pub fn severity_of(&self, rule_id: &str, label: Label) -> Severity {
+        self.text_rules
+            .iter()
+            .find(|r| r.id == rule_id)
+            .map_or_else(|| self.decision.severity_for(label), |r| r.severity)
+    }
+
     /// The compiled `[[text_rules]]`.
     pub fn text(&self) -> &TextPolicy {
         &self.text
@@ -555,6 +573,42 @@ impl Policy {
     pub fn fingerprint(&self) -> String {
         hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
     }
+}
+
+impl From<Action> for Decision {
+    fn from(a: Action) -> Self {
+        match a {
+            Action::Pass => Decision::Pass,
+            Action::Review => Decision::Review,
+            Action::Block => Decision::Block,
+        }
+    }
+}
+
+impl From<&Policy> for PolicyRef {
+    fn from(p: &Policy) -> Self {
+        PolicyRef {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            fingerprint: p.fingerprint(),
+        }
+    }
+}
+
+/// The decision the policy's `[decision]` table gives for these findings: the strictest action of any
+/// finding's label (labels the table does not name get `unknown_label`), and at least `partial` when
+/// part of the recording went unaudited, since absence of findings there proves nothing.
+pub fn decide(policy: &Policy, findings: &[Finding], partial: bool) -> Decision {
+    let d = &policy.decision;
+    let mut action = findings
+        .iter()
+        .map(|f| d.action_for(f.label))
+        .max()
+        .unwrap_or(Action::Pass);
+    if partial {
+        action = action.max(d.partial);
+    }
+    action.into()
 }
 
 /// Collects validation failures; the first one is reported.
@@ -624,8 +678,7 @@ mod tests {
         let p = Policy::from_toml_str("name = \"m\"\nversion = \"1\"\n", "mem").unwrap();
         assert_eq!(p.face.identity_threshold, 0.363);
         assert!(p.gates.frame_diff.enabled);
-        assert_eq!(p.decision.action_for(labels::NUDITY), Action::Block);
-        assert_eq!(p.decision.action_for("something_new"), Action::Review);
+        assert_eq!(p.decision.action_for(Label::Nudity), Action::Block);
         assert_eq!(p.text().rule_count(), 0);
     }
 

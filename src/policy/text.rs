@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::verdict::Severity;
+use crate::verdict::{Label, Severity};
 
 /// One rule: either a regular expression (`pattern`) or a word list (`words`).
 ///
@@ -25,7 +25,7 @@ use crate::verdict::Severity;
 #[serde(deny_unknown_fields)]
 pub struct TextRule {
     pub id: String,
-    pub label: String,
+    pub label: Label,
     /// ISO 639-1 code (`en`, `zh`, ...) or `any`; see [`TextPolicy::scan_lang`].
     #[serde(default = "any_lang")]
     pub lang: String,
@@ -59,7 +59,7 @@ fn default_context_window() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TextHit {
     pub rule_id: String,
-    pub label: String,
+    pub label: Label,
     pub severity: Severity,
     pub matched: String,
     pub span: (usize, usize),
@@ -75,7 +75,7 @@ pub struct RuleError {
 #[derive(Debug, Clone)]
 struct Compiled {
     id: String,
-    label: String,
+    label: Label,
     lang: String,
     severity: Severity,
     re: Regex,
@@ -119,9 +119,6 @@ impl TextPolicy {
             }
             if !seen.insert(r.id.as_str()) {
                 return Err(err("id", format!("duplicate rule id `{}`", r.id)));
-            }
-            if r.label.trim().is_empty() {
-                return Err(err("label", "must not be empty".into()));
             }
             if !valid_lang(&r.lang) {
                 return Err(err(
@@ -169,7 +166,7 @@ impl TextPolicy {
             sources.push(source);
             compiled.push(Compiled {
                 id: r.id.clone(),
-                label: r.label.clone(),
+                label: r.label,
                 lang: r.lang.clone(),
                 severity: r.severity,
                 re,
@@ -236,7 +233,7 @@ impl TextPolicy {
                 if ok {
                     hits.push(TextHit {
                         rule_id: rule.id.clone(),
-                        label: rule.label.clone(),
+                        label: rule.label,
                         severity: rule.severity,
                         matched: m.as_str().to_string(),
                         span: (m.start(), m.end()),
@@ -398,7 +395,7 @@ mod tests {
     fn words_rule(id: &str, words: &[&str], obfuscation: bool) -> TextRule {
         TextRule {
             id: id.into(),
-            label: "profanity".into(),
+            label: Label::Profanity,
             lang: "any".into(),
             severity: Severity::Medium,
             pattern: None,
