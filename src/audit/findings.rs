@@ -593,7 +593,7 @@ impl VisualFindings {
             self.findings.push(f);
         }
         let hits: [Option<(f32, Option<BBox>)>; 4] = [
-            (obs.faces.len() >= 2).then(|| (obs.faces.len() as f32, largest)),
+            (obs.faces.len() >= 2).then_some((obs.faces.len() as f32, largest)),
             match obs.identity {
                 Identity::Mismatch { best_similarity } => Some((1.0 - best_similarity, largest)),
                 _ => None,
