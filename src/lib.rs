@@ -4,6 +4,7 @@
 //! Each stage is a module with one job; stages exchange small typed values over bounded channels.
 
 pub mod demux;
+pub mod fault;
 pub mod models;
 pub mod mux;
 pub mod slice;

@@ -255,48 +255,51 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// An exclusive per-recording lock: a file created with O_EXCL that holds our pid.
+/// An exclusive per-recording lock: an flock on `<id>.lock`, held while the file is open. The
+/// kernel drops it when the holder dies (kill -9 included), so there is no stale lock to take
+/// over and no pid to trust.
 struct RecordingLock {
     path: PathBuf,
+    file: std::fs::File,
 }
 
 impl RecordingLock {
     fn acquire(path: &Path) -> std::io::Result<Option<Self>> {
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let file = std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
-                .open(path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    writeln!(f, "{}", std::process::id())?;
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+            // The holder before us unlinks the file before unlocking: a lock on an unlinked
+            // file locks nothing, so check that the path is still the file we locked.
+            let ours = file.metadata()?;
+            match std::fs::metadata(path) {
+                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
                     return Ok(Some(Self {
                         path: path.to_path_buf(),
+                        file,
                     }));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner: Option<u32> = std::fs::read_to_string(path)
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok());
-                    let alive =
-                        owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                    if alive {
-                        return Ok(None);
-                    }
-                    // The owner died (e.g. kill -9): take the lock over.
-                    let _ = std::fs::remove_file(path);
-                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
     }
 }
 
 impl Drop for RecordingLock {
     fn drop(&mut self) {
+        // Unlinked while still locked (see `acquire`); closing the file then unlocks.
         let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
     }
 }
 
@@ -520,19 +523,16 @@ mod tests {
     }
 
     #[test]
-    fn locks_are_exclusive_and_stale_ones_are_taken_over() {
+    fn locks_are_exclusive_and_a_left_over_file_is_not_a_lock() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.lock");
         let a = RecordingLock::acquire(&p).unwrap().expect("first");
-        assert!(
-            RecordingLock::acquire(&p).unwrap().is_none(),
-            "held by a live process"
-        );
+        assert!(RecordingLock::acquire(&p).unwrap().is_none(), "held");
         drop(a);
+        assert!(!p.exists(), "removed on release");
+        // A file left by a killed process (the kernel dropped its flock) is free to take.
         std::fs::write(&p, "999999999\n").unwrap();
-        assert!(
-            RecordingLock::acquire(&p).unwrap().is_some(),
-            "dead owner's lock is taken over"
-        );
+        let b = RecordingLock::acquire(&p).unwrap().expect("left-over file");
+        drop(b);
     }
 }

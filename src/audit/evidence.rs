@@ -11,6 +11,8 @@ use crate::sink::{write_atomic, write_jpeg_atomic, SinkError};
 pub struct EvidenceSink {
     root: PathBuf,
     written: Vec<String>,
+    /// Test only ([`crate::fault`]): every write fails.
+    fault: bool,
 }
 
 impl EvidenceSink {
@@ -19,7 +21,23 @@ impl EvidenceSink {
         Self {
             root: root.to_path_buf(),
             written: Vec::new(),
+            fault: false,
         }
+    }
+
+    /// Test only ([`crate::fault`]): makes every later write fail.
+    pub fn inject_fault(&mut self) {
+        self.fault = true;
+    }
+
+    fn check_fault(&self, path: &Path) -> Result<(), SinkError> {
+        if self.fault {
+            return Err(SinkError::Encode {
+                path: path.display().to_string(),
+                reason: "evidence: injected write fault (test only)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Paths written so far, relative to the recording's folder.
@@ -39,6 +57,7 @@ impl EvidenceSink {
     ) -> Result<String, SinkError> {
         let rel = format!("evidence/{label}-{pts_ms:09}.jpg");
         if !self.written.contains(&rel) {
+            self.check_fault(Path::new(&rel))?;
             write_jpeg_atomic(&self.root.join(&rel), image, 85)?;
             self.written.push(rel.clone());
         }
@@ -54,6 +73,7 @@ impl EvidenceSink {
     ) -> Result<String, SinkError> {
         let rel = format!("evidence/{label}-{start_ms:09}.wav");
         if !self.written.contains(&rel) {
+            self.check_fault(Path::new(&rel))?;
             write_atomic(&self.root.join(&rel), &wav_16k_mono(samples))?;
             self.written.push(rel.clone());
         }
@@ -61,26 +81,25 @@ impl EvidenceSink {
     }
 }
 
-/// A minimal RIFF/WAVE file: PCM s16le, 16 kHz, mono.
+/// A PCM s16le, 16 kHz, mono WAV file in memory.
 pub fn wav_16k_mono(samples: &[f32]) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + data_len as usize);
-    out.extend(b"RIFF");
-    out.extend((36 + data_len).to_le_bytes());
-    out.extend(b"WAVEfmt ");
-    out.extend(16u32.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
-    out.extend(16_000u32.to_le_bytes());
-    out.extend(32_000u32.to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(16u16.to_le_bytes());
-    out.extend(b"data");
-    out.extend(data_len.to_le_bytes());
-    for s in samples {
-        out.extend(((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes());
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    {
+        // Writing into memory cannot fail: every error below is an I/O error of the Vec.
+        let mut w = hound::WavWriter::new(&mut out, spec).expect("in-memory WAV header");
+        for s in samples {
+            let v = (s.clamp(-1.0, 1.0) * 32767.0).round() as i16;
+            w.write_sample(v).expect("in-memory WAV sample");
+        }
+        w.finalize().expect("in-memory WAV");
     }
-    out
+    out.into_inner()
 }
 
 #[cfg(test)]

@@ -17,13 +17,14 @@ pub mod speech;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, never, select, unbounded};
 use image::RgbImage;
 
+use crate::fault::Fault;
 use crate::ingest::Recording;
 use crate::models::embed::FaceEmbedder;
 use crate::models::face::{FaceDetector, FaceDetectorKind};
@@ -53,6 +54,9 @@ pub enum AuditError {
     Slice(#[from] slice::SliceError),
     #[error("{0}")]
     Ingest(#[from] crate::ingest::IngestError),
+    /// A stage failed so that nothing trustworthy is left to report.
+    #[error("{0}")]
+    Stage(String),
 }
 
 pub enum NudityModel {
@@ -288,8 +292,8 @@ pub struct AuditRequest<'a> {
 
 /// How the benchmark baseline (`scan --sequential`, docs/benchmarks.md) gives up concurrency.
 /// In both baseline modes there are no model worker threads: each slice's models run on the
-/// dispatching thread one after another, and the microphone is analysed only after the last
-/// slice (its chunks queue up meanwhile). `AuditRequest::workers` is ignored.
+/// dispatching thread one after another, and the speech thread takes turns with them on one
+/// lock (its audio channel stays bounded). `AuditRequest::workers` is ignored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Sequential {
     /// Production: model workers, the speech thread, decoding alongside.
@@ -314,7 +318,7 @@ pub struct AuditOutcome {
 
 enum JobKind {
     Camera,
-    Desktop { ocr: bool },
+    Desktop { ocr: bool, probe_faces: bool },
 }
 
 struct Job {
@@ -343,8 +347,9 @@ fn run_job(
     let obs = match job.kind {
         JobKind::Camera => observe::observe_camera(models, policy, templates, &job.image, calls)
             .map(Observation::Camera),
-        JobKind::Desktop { ocr } => {
-            observe::observe_desktop(models, &job.image, ocr, calls).map(Observation::Desktop)
+        JobKind::Desktop { ocr, probe_faces } => {
+            observe::observe_desktop(models, policy, &job.image, ocr, probe_faces, calls)
+                .map(Observation::Desktop)
         }
     };
     crate::models::release_free_heap();
@@ -352,6 +357,91 @@ fn run_job(
         seq: job.seq,
         obs,
         busy_ms: t0.elapsed().as_millis() as u64,
+    }
+}
+
+/// [`run_job`] with a panic turned into the slice's error: a worker that panics still answers,
+/// so the dispatcher never waits for a result that will not come. `fault` (test only,
+/// [`crate::fault`]) fails the first job once `armed` (cleared by that job).
+fn run_job_guarded(
+    models: &AuditModels,
+    policy: &Policy,
+    templates: &[Vec<f32>],
+    job: Job,
+    calls: &Arc<CallCounter>,
+    armed: &AtomicBool,
+    fault: Option<Fault>,
+) -> Done {
+    let seq = job.seq;
+    let injected = armed.load(Ordering::Relaxed) && armed.swap(false, Ordering::AcqRel);
+    if injected && fault == Some(Fault::Model) {
+        return Done {
+            seq,
+            obs: Err("model: injected fault (test only)".into()),
+            busy_ms: 0,
+        };
+    }
+    let run = std::panic::AssertUnwindSafe(|| {
+        if injected && fault == Some(Fault::WorkerPanic) {
+            panic!("model worker: injected fault (test only)");
+        }
+        run_job(models, policy, templates, job, calls)
+    });
+    std::panic::catch_unwind(run).unwrap_or_else(|_| Done {
+        seq,
+        obs: Err("model worker panicked".into()),
+        busy_ms: 0,
+    })
+}
+
+/// Whether a desktop track shows a face most of the time. Its role came from the file name,
+/// which the uploader controls: a camera recording named "screen" would skip every face check.
+/// The first [`Self::FIRST`] desktop slices and every [`Self::EVERY`]th after are probed with
+/// the face detector.
+#[derive(Default)]
+struct DesktopFaces {
+    slices: u64,
+    probed: u64,
+    with_face: u64,
+    first_ms: Option<u64>,
+    last_ms: u64,
+}
+
+impl DesktopFaces {
+    const FIRST: u64 = 10;
+    const EVERY: u64 = 10;
+    /// Probed slices before the share of faces is judged.
+    const MIN_PROBED: u64 = 1;
+
+    fn probe_next(&mut self) -> bool {
+        let n = self.slices;
+        self.slices += 1;
+        n < Self::FIRST || n % Self::EVERY == 0
+    }
+
+    fn record(&mut self, pts: u64, faces: Option<usize>) {
+        if let Some(n) = faces {
+            self.probed += 1;
+            if n > 0 {
+                self.with_face += 1;
+                self.first_ms.get_or_insert(pts);
+                self.last_ms = pts;
+            }
+        }
+    }
+
+    /// Why the verdict is partial, when most probed desktop slices showed a face.
+    fn reason(&self) -> Option<String> {
+        (self.probed >= Self::MIN_PROBED && self.with_face * 2 > self.probed).then(|| {
+            format!(
+                "desktop track shows a face in {} of {} probed slices ({}-{} ms): the camera checks \
+                 (presence, identity) were not run on it; audit it with --role camera",
+                self.with_face,
+                self.probed,
+                self.first_ms.unwrap_or(0),
+                self.last_ms
+            )
+        })
     }
 }
 
@@ -380,6 +470,8 @@ pub fn audit(
     let started = Instant::now();
     std::fs::create_dir_all(&req.out_dir)
         .map_err(|e| slice::SliceError::Io(format!("{}: {e}", req.out_dir.display())))?;
+    // Test only: one stage of this recording fails (CLASSGUARD_FAULT, see crate::fault).
+    let fault = crate::fault::take();
     // The one-thing-at-a-time baseline: decoding waits while the models run.
     let turn = (req.sequential == Sequential::Strict).then(slice::Turn::default);
     let opts = SliceOptions {
@@ -398,6 +490,7 @@ pub fn audit(
             SliceOptions::default().decoder_threads
         },
         turn: turn.clone(),
+        fault_decoder: fault == Some(Fault::Decoder),
         ..SliceOptions::default()
     };
     let reader = req.recording.open()?;
@@ -437,25 +530,40 @@ pub fn audit(
     let mut stage_ms: HashMap<&'static str, (u64, u64)> = HashMap::new();
 
     let sequential = req.sequential != Sequential::Off;
+    // In the baselines the models and the speech take turns on one lock (with the decoders too
+    // under `Strict`), so the audio channel stays bounded without running anything at once.
+    let model_turn = match req.sequential {
+        Sequential::Off => None,
+        Sequential::Strict => turn.clone(),
+        Sequential::Models => Some(slice::Turn::default()),
+    };
+    if fault == Some(Fault::Evidence) {
+        ev_visual.inject_fault();
+        ev_speech.inject_fault();
+    }
+    let model_fault = AtomicBool::new(matches!(fault, Some(Fault::Model | Fault::WorkerPanic)));
+    let mut desktop_faces = DesktopFaces::default();
+    let mut stage_failures: Vec<String> = Vec::new();
     let (speech_result, slice_result) = std::thread::scope(|scope| {
-        let (audio_tx, audio_rx) = if sequential {
-            unbounded::<slice::AudioChunk>()
-        } else {
-            bounded::<slice::AudioChunk>(32)
-        };
-        let mut speech_input = Some((audio_rx, &mut ev_speech));
-        let speech = if sequential {
-            None
-        } else {
-            let (rx, ev) = speech_input.take().expect("present");
-            // Named threads: profiles and `top -H` show which stage burns the CPU.
-            Some(
-                std::thread::Builder::new()
-                    .name("speech".into())
-                    .spawn_scoped(scope, move || speech::run(models, policy, rx, ev))
-                    .expect("spawning the speech thread"),
-            )
-        };
+        let slice_rx = slice_rx;
+        let (audio_tx, audio_rx) = bounded::<slice::AudioChunk>(32);
+        let ev = &mut ev_speech;
+        let speech_turn = model_turn.clone();
+        let speech_fault = fault == Some(Fault::SpeechPanic);
+        // Named threads: profiles and `top -H` show which stage burns the CPU.
+        let speech = std::thread::Builder::new()
+            .name("speech".into())
+            .spawn_scoped(scope, move || {
+                speech::run(
+                    models,
+                    policy,
+                    audio_rx,
+                    ev,
+                    speech_turn.as_ref(),
+                    speech_fault,
+                )
+            })
+            .expect("spawning the speech thread");
         let (job_tx, job_rx) = bounded::<Job>(max_in_flight);
         let (done_tx, done_rx) = unbounded::<Done>();
         for worker in 0..if sequential { 0 } else { workers } {
@@ -463,14 +571,21 @@ pub fn audit(
             let done_tx = done_tx.clone();
             let calls = calls.clone();
             let templates = &req.templates;
+            let model_fault = &model_fault;
             let spawned = std::thread::Builder::new()
                 .name(format!("models-{worker}"))
                 .spawn_scoped(scope, move || {
                     for job in job_rx {
-                        if done_tx
-                            .send(run_job(models, policy, templates, job, &calls))
-                            .is_err()
-                        {
+                        let done = run_job_guarded(
+                            models,
+                            policy,
+                            templates,
+                            job,
+                            &calls,
+                            model_fault,
+                            fault,
+                        );
+                        if done_tx.send(done).is_err() {
                             break;
                         }
                     }
@@ -489,11 +604,13 @@ pub fn audit(
         let mut slices_open = true;
         let mut audio_tx = Some(audio_tx);
         let no_results = never::<Done>();
+        let mut workers_gone = false;
         let mut emit = |pending: &mut BTreeMap<u64, Pending>,
                         emit_seq: &mut u64,
                         last_camera: &mut Option<(u64, [u8; 256], CameraObservation)>,
                         visual: &mut VisualFindings,
-                        slice_errors: &mut Vec<String>| {
+                        slice_errors: &mut Vec<String>,
+                        desktop_faces: &mut DesktopFaces| {
             while let Some(p) = pending.get(emit_seq) {
                 if matches!(p.state, PendingState::Waiting) {
                     break;
@@ -512,6 +629,7 @@ pub fn audit(
                         }
                     }
                     PendingState::Ready(Ok(Observation::Desktop(obs))) => {
+                        desktop_faces.record(p.pts, obs.faces);
                         visual.desktop(&ctx, p.pts, &obs, &p.image, &mut ev_visual)
                     }
                     PendingState::Ready(Err(e)) => {
@@ -521,24 +639,24 @@ pub fn audit(
                 }
             }
         };
+        let mut handle_done = |d: Done, pending: &mut BTreeMap<u64, Pending>| {
+            if let Some(p) = pending.get_mut(&d.seq) {
+                let key = if p.role == Role::Desktop {
+                    "desktop_models"
+                } else {
+                    "camera_models"
+                };
+                let e = stage_ms.entry(key).or_default();
+                e.0 += d.busy_ms;
+                e.1 += 1;
+                p.state = PendingState::Ready(d.obs);
+            }
+        };
         loop {
             let admit = slices_open && in_flight < max_in_flight;
             if !admit && in_flight == 0 {
                 break;
             }
-            let mut handle_done = |d: Done, pending: &mut BTreeMap<u64, Pending>| {
-                if let Some(p) = pending.get_mut(&d.seq) {
-                    let key = if p.role == Role::Desktop {
-                        "desktop_models"
-                    } else {
-                        "camera_models"
-                    };
-                    let e = stage_ms.entry(key).or_default();
-                    e.0 += d.busy_ms;
-                    e.1 += 1;
-                    p.state = PendingState::Ready(d.obs);
-                }
-            };
             if admit {
                 // With nothing in flight the results channel can only be empty or, with no
                 // workers (the sequential baseline), disconnected: selecting on it would then
@@ -555,7 +673,7 @@ pub fn audit(
                                 if !ocr {
                                     *gate_savings.entry("ocr_new_slides_only".into()).or_default() += 1;
                                 }
-                                JobKind::Desktop { ocr }
+                                JobKind::Desktop { ocr, probe_faces: desktop_faces.probe_next() }
                             } else {
                                 JobKind::Camera
                             };
@@ -574,12 +692,16 @@ pub fn audit(
                             let image = s.image.clone();
                             pending.insert(seq, Pending { pts, role: s.role, image: s.image, state: if reuse { PendingState::Reuse } else { PendingState::Waiting } });
                             if !reuse && sequential {
-                                let _turn = turn.as_ref().map(slice::Turn::hold);
-                                let done = run_job(models, policy, &req.templates, Job { seq, kind, image }, &calls);
+                                let _turn = model_turn.as_ref().map(slice::Turn::hold);
+                                let done = run_job_guarded(models, policy, &req.templates, Job { seq, kind, image }, &calls, &model_fault, fault);
                                 handle_done(done, &mut pending);
                             } else if !reuse {
-                                in_flight += 1;
-                                let _ = job_tx.send(Job { seq, kind, image });
+                                if job_tx.send(Job { seq, kind, image }).is_ok() {
+                                    in_flight += 1;
+                                } else {
+                                    // Every worker is gone: the slice is reported, not waited for.
+                                    handle_done(Done { seq, obs: Err("no model worker left".into()), busy_ms: 0 }, &mut pending);
+                                }
                             }
                         }
                         Ok(SliceOutput::Audio(chunk)) => {
@@ -595,15 +717,23 @@ pub fn audit(
                             audio_tx = None;
                         }
                     },
-                    recv(done_or_never) -> msg => if let Ok(d) = msg {
-                        in_flight -= 1;
-                        handle_done(d, &mut pending);
+                    recv(done_or_never) -> msg => match msg {
+                        Ok(d) => {
+                            in_flight -= 1;
+                            handle_done(d, &mut pending);
+                        }
+                        Err(_) => workers_gone = true,
                     },
+                }
+                if workers_gone {
+                    stage_failures.push("model workers: every worker stopped".into());
+                    break;
                 }
             } else if let Ok(d) = done_rx.recv() {
                 in_flight -= 1;
                 handle_done(d, &mut pending);
             } else {
+                stage_failures.push("model workers: every worker stopped".into());
                 break;
             }
             emit(
@@ -612,22 +742,44 @@ pub fn audit(
                 &mut last_camera,
                 &mut visual,
                 &mut slice_errors,
+                &mut desktop_faces,
             );
         }
+        // Slices still waiting for a worker that is gone are reported, never dropped.
+        for p in pending.values_mut() {
+            if matches!(p.state, PendingState::Waiting) {
+                p.state = PendingState::Ready(Err("never analysed (model workers stopped)".into()));
+            }
+        }
+        emit(
+            &mut pending,
+            &mut emit_seq,
+            &mut last_camera,
+            &mut visual,
+            &mut slice_errors,
+            &mut desktop_faces,
+        );
         drop(job_tx);
         drop(audio_tx);
+        // Dropping the receiver cancels a slicer that is still sending (the loop above ended
+        // early): its join cannot wait on a full channel.
+        drop(slice_rx);
         let slice_result = slicer
             .join()
             .unwrap_or_else(|_| Err(slice::SliceError::Decode("slicing thread panicked".into())));
-        let speech = match (speech, speech_input.take()) {
-            (Some(handle), _) => handle.join().unwrap_or_default(),
-            (None, Some((rx, ev))) => speech::run(models, policy, rx, ev),
-            (None, None) => Default::default(),
-        };
+        let speech = speech.join().unwrap_or_else(|_| speech::SpeechResult {
+            errors: vec!["speech stage panicked: the microphone was not fully audited".into()],
+            ..Default::default()
+        });
         (speech, slice_result)
     });
 
-    let report = slice_result?;
+    let report = match slice_result {
+        Err(slice::SliceError::Cancelled) if !stage_failures.is_empty() => {
+            return Err(AuditError::Stage(stage_failures.join("; ")))
+        }
+        r => r?,
+    };
     let end_ms = report.duration_ms.max(0) as u64;
     let mut errors = visual.finish(end_ms, &mut ev_visual);
     errors.extend(speech_result.errors.iter().cloned());
@@ -685,6 +837,22 @@ pub fn audit(
     }
     if !errors.is_empty() {
         partial_reason.get_or_insert_with(|| errors[0].clone());
+    }
+    // Every stage failure is named in the reason, not only the first one found.
+    let mut extra: Vec<String> = stage_failures;
+    extra.extend(desktop_faces.reason());
+    if partial_reason.is_some() {
+        extra.extend(speech_result.errors.iter().take(1).cloned());
+    }
+    for r in extra {
+        match &mut partial_reason {
+            Some(p) if !p.contains(&r) => {
+                p.push_str("; ");
+                p.push_str(&r);
+            }
+            Some(_) => {}
+            None => partial_reason = Some(r),
+        }
     }
     let partial = partial_reason.is_some();
     let wall_ms = started.elapsed().as_millis() as u64;

@@ -42,6 +42,9 @@ pub struct DesktopObservation {
     pub nudity: Option<f32>,
     /// `None` when the OCR gate skipped this slice (not a new slide).
     pub ocr: Option<Vec<OcrLine>>,
+    /// Camera-sized faces the detector found, when this slice was probed: the role comes from
+    /// the untrusted file name, so a "screen" that shows a face most of the time is reported.
+    pub faces: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,13 +123,35 @@ pub fn observe_camera(
     })
 }
 
-/// Runs the desktop models on one slice; OCR only when `run_ocr` (the slide is new).
+/// Runs the desktop models on one slice; OCR only when `run_ocr` (the slide is new), the face
+/// detector only when `probe_faces` (with the policy's detection threshold).
 pub fn observe_desktop(
     models: &AuditModels,
+    policy: &Policy,
     image: &RgbImage,
     run_ocr: bool,
+    probe_faces: bool,
     calls: &Arc<CallCounter>,
 ) -> Result<DesktopObservation, String> {
+    let faces = if probe_faces {
+        CallCounter::bump(&calls.face_detect);
+        let found = models
+            .face_detector
+            .detect(image)
+            .map_err(|e| e.to_string())?;
+        // Only faces a camera would show count (at least an eighth of the picture's height):
+        // a presenter's webcam thumbnail in a screen share does not make the share a camera.
+        let min = policy.face.detection_score_min;
+        let min_h = image.height() as f32 / 8.0;
+        Some(
+            found
+                .iter()
+                .filter(|f| f.score >= min && f.bbox[3] >= min_h)
+                .count(),
+        )
+    } else {
+        None
+    };
     let nudity = nudity_score(models, image, calls)?;
     let ocr = match (&models.ocr, run_ocr) {
         (Some(ocr), true) => {
@@ -135,7 +160,7 @@ pub fn observe_desktop(
         }
         _ => None,
     };
-    Ok(DesktopObservation { nudity, ocr })
+    Ok(DesktopObservation { nudity, ocr, faces })
 }
 
 fn nudity_score(

@@ -17,7 +17,7 @@ use super::AuditModels;
 use crate::models::vad::SpeechSegment;
 use crate::models::whisper::{self, AudioJob, Transcript, TranscriptSegment};
 use crate::policy::Policy;
-use crate::slice::AudioChunk;
+use crate::slice::{AudioChunk, Turn};
 use crate::verdict::{Evidence, Finding, ModelRef, Track};
 
 const RATE: u64 = 16_000;
@@ -40,7 +40,6 @@ const MAX_BUFFER_MS: u64 = 120_000;
 pub struct SpeechResult {
     /// Speech segments in recording ms.
     pub speech: Vec<(u64, u64)>,
-    pub transcript: Vec<TranscriptSegment>,
     pub findings: Vec<Finding>,
     pub audio_end_ms: u64,
     pub vad_chunks: u64,
@@ -119,11 +118,21 @@ impl Buffer {
     }
 }
 
+/// A jump forward in the audio's timestamps beyond this is a gap in the recording: it is filled
+/// with silence so every later sample keeps its place on the recording's timeline.
+const GAP_TOLERANCE_MS: u64 = 60;
+/// Silence is fed in pieces of this many samples (one second), so a long gap is never held whole.
+const GAP_PIECE: usize = RATE as usize;
+
+/// `turn`: held while each chunk is analysed (the sequential baselines take turns with the
+/// models). `fault`: test only ([`crate::fault`]), panics on the first audio.
 pub fn run(
     models: &AuditModels,
     policy: &Policy,
     rx: Receiver<AudioChunk>,
     ev: &mut EvidenceSink,
+    turn: Option<&Turn>,
+    fault: bool,
 ) -> SpeechResult {
     let mut r = SpeechResult::default();
     let Some(vad) = &models.vad else {
@@ -146,37 +155,59 @@ pub fn run(
         let next = rx.recv();
         waited += wait_t0.elapsed();
         let Ok(chunk) = next else { break };
+        let _turn = turn.map(Turn::hold);
+        if fault {
+            panic!("speech: injected fault (test only)");
+        }
         let b = buf.get_or_insert_with(|| Buffer {
             offset_ms: chunk.start_ms.max(0) as u64,
             base: 0,
             samples: Vec::new(),
             transcribed_ms: 0,
         });
-        b.samples.extend_from_slice(&chunk.samples);
-        r.vad_chunks += (chunk.samples.len() as u64).div_ceil(512);
-        let vad_t0 = std::time::Instant::now();
-        let fed = stream.feed(&chunk.samples);
-        r.vad_ms += vad_t0.elapsed().as_millis() as u64;
-        match fed {
-            Ok(closed) => pending.extend(closed),
-            Err(e) => {
-                r.errors.push(format!("vad: {e}"));
-                break;
-            }
+        // Samples are counted from the first chunk; a gap in the audio (a dropped upload chunk,
+        // a muted microphone) would shift everything after it, so it becomes silence.
+        let expected_ms = b.offset_ms + b.end() * 1000 / RATE;
+        let start_ms = chunk.start_ms.max(0) as u64;
+        let mut gap = if start_ms > expected_ms + GAP_TOLERANCE_MS {
+            (start_ms - expected_ms) * RATE / 1000
+        } else {
+            0
+        };
+        let silence = vec![0f32; GAP_PIECE.min(gap as usize)];
+        let mut failed = false;
+        while gap > 0 && !failed {
+            let n = (gap as usize).min(GAP_PIECE);
+            gap -= n as u64;
+            failed = !feed(
+                models,
+                policy,
+                b,
+                &mut stream,
+                &silence[..n],
+                &mut pending,
+                &mut queue,
+                whisper_ref.as_ref(),
+                ev,
+                &mut r,
+            );
         }
-        flush(
-            models,
-            policy,
-            b,
-            &mut pending,
-            stream.open_segment_start_ms(),
-            stream.undecided_from_ms(),
-            &mut queue,
-            false,
-            whisper_ref.as_ref(),
-            ev,
-            &mut r,
-        );
+        if failed
+            || !feed(
+                models,
+                policy,
+                b,
+                &mut stream,
+                &chunk.samples,
+                &mut pending,
+                &mut queue,
+                whisper_ref.as_ref(),
+                ev,
+                &mut r,
+            )
+        {
+            break;
+        }
     }
     if let Some(b) = buf.as_mut() {
         match stream.finish() {
@@ -207,6 +238,49 @@ pub fn run(
     }
     r.busy_ms = t0.elapsed().saturating_sub(waited).as_millis() as u64;
     r
+}
+
+/// Appends samples to the buffer, runs the VAD over them and hands closed speech on to Whisper.
+/// `false` when the VAD failed (its error is in `r.errors`).
+#[allow(clippy::too_many_arguments)]
+fn feed(
+    models: &AuditModels,
+    policy: &Policy,
+    b: &mut Buffer,
+    stream: &mut crate::models::vad::VadStream<'_>,
+    samples: &[f32],
+    pending: &mut Vec<SpeechSegment>,
+    queue: &mut Vec<Queued>,
+    whisper_ref: Option<&ModelRef>,
+    ev: &mut EvidenceSink,
+    r: &mut SpeechResult,
+) -> bool {
+    b.samples.extend_from_slice(samples);
+    r.vad_chunks += (samples.len() as u64).div_ceil(512);
+    let vad_t0 = std::time::Instant::now();
+    let fed = stream.feed(samples);
+    r.vad_ms += vad_t0.elapsed().as_millis() as u64;
+    match fed {
+        Ok(closed) => pending.extend(closed),
+        Err(e) => {
+            r.errors.push(format!("vad: {e}"));
+            return false;
+        }
+    }
+    flush(
+        models,
+        policy,
+        b,
+        pending,
+        stream.open_segment_start_ms(),
+        stream.undecided_from_ms(),
+        queue,
+        false,
+        whisper_ref,
+        ev,
+        r,
+    );
+    true
 }
 
 /// How many of the pending speech segments (VAD order) form the next group for Whisper, once
@@ -427,7 +501,6 @@ fn scan_transcript(
             ),
         });
     }
-    r.transcript.extend(segs);
 }
 
 #[cfg(test)]

@@ -86,6 +86,54 @@ pub fn vp9_keyframe(frame: &[u8]) -> Option<bool> {
     Some(bits.read(1)? == 0)
 }
 
+/// Coded width and height from a VP9 keyframe's uncompressed header (VP9 bitstream spec 6.2:
+/// frame marker, profile, flags, sync code 49 83 42, colour config, then 16-bit sizes minus 1).
+/// Lets the slicer refuse an oversized frame before the decoder allocates it.
+pub fn vp9_keyframe_size(frame: &[u8]) -> Option<(u32, u32)> {
+    let mut bits = BitReader {
+        data: frame,
+        pos: 0,
+    };
+    if bits.read(2)? != 0b10 {
+        return None;
+    }
+    let profile = bits.read(1)? | (bits.read(1)? << 1);
+    if profile == 3 {
+        bits.read(1)?;
+    }
+    if bits.read(1)? == 1 || bits.read(1)? != 0 {
+        return None; // show_existing_frame, or not a keyframe
+    }
+    bits.read(2)?; // show_frame, error_resilient_mode
+    if bits.read(24)? != 0x49_83_42 {
+        return None;
+    }
+    if profile >= 2 {
+        bits.read(1)?; // ten_or_twelve_bit
+    }
+    let color_space = bits.read(3)?;
+    if color_space != 7 {
+        bits.read(1)?; // color_range
+        if profile == 1 || profile == 3 {
+            bits.read(3)?; // subsampling_x, subsampling_y, reserved
+        }
+    } else if profile == 1 || profile == 3 {
+        bits.read(1)?;
+    }
+    let w = bits.read(16)? + 1;
+    let h = bits.read(16)? + 1;
+    Some((w, h))
+}
+
+/// Coded size of a keyframe, where the codec's header gives it cheaply (VP8, VP9).
+pub fn keyframe_size(codec: &Codec, frame: &[u8]) -> Option<(u32, u32)> {
+    match codec {
+        Codec::Vp8 => vp8_keyframe_size(frame),
+        Codec::Vp9 => vp9_keyframe_size(frame),
+        _ => None,
+    }
+}
+
 struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
@@ -180,6 +228,29 @@ mod tests {
         assert_eq!(vp8_keyframe_size(&key), Some((640, 480)));
         assert_eq!(vp8_keyframe(&[0x51]), Some(false));
         assert_eq!(vp8_keyframe_size(&[0x51, 0, 0]), None);
+    }
+
+    #[test]
+    fn vp9_keyframe_size_from_the_uncompressed_header() {
+        // marker 10, profile 0, show_existing 0, key 0, show 1, error_res 0, sync code,
+        // colour space 2 + range 0, then 5120-1 and 2880-1.
+        let mut bits = String::from("10000010");
+        bits += &format!("{:024b}", 0x49_83_42);
+        bits += "0100";
+        bits += &format!("{:016b}{:016b}", 5119, 2879);
+        while bits.len() % 8 != 0 {
+            bits.push('0');
+        }
+        let bytes: Vec<u8> = bits
+            .as_bytes()
+            .chunks(8)
+            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap())
+            .collect();
+        assert_eq!(vp9_keyframe_size(&bytes), Some((5120, 2880)));
+        assert_eq!(vp9_keyframe_size(&bytes[..6]), None, "cut short");
+        let mut inter = bytes.clone();
+        inter[0] |= 0b0000_0100;
+        assert_eq!(vp9_keyframe_size(&inter), None, "not a keyframe");
     }
 
     #[test]

@@ -7,6 +7,9 @@ use std::io::{self, Write};
 pub const TIMESTAMP_SCALE_NS: u64 = 1_000_000;
 /// A cluster's blocks hold 16-bit relative timestamps; start a new cluster well before overflow.
 const MAX_CLUSTER_SPAN_MS: i64 = 5_000;
+/// A cluster is held in memory until it is written: frames that all share one timestamp must not
+/// grow it to the size of the input, so a cluster also ends at this size.
+pub const MAX_CLUSTER_BYTES: usize = 1 << 20;
 
 /// Encodes an element id (ids keep their marker bits, so the value is written as is).
 pub fn id_bytes(id: u32) -> Vec<u8> {
@@ -179,7 +182,13 @@ impl<W: Write> WebmWriter<W> {
     ) -> io::Result<()> {
         let pts_ms = pts_ms.max(0);
         let start = match self.cluster_ts {
-            Some(ts) if pts_ms >= ts && pts_ms - ts <= MAX_CLUSTER_SPAN_MS => ts,
+            Some(ts)
+                if pts_ms >= ts
+                    && pts_ms - ts <= MAX_CLUSTER_SPAN_MS
+                    && self.cluster.len() + data.len() < MAX_CLUSTER_BYTES =>
+            {
+                ts
+            }
             _ => {
                 self.flush_cluster()?;
                 self.cluster_ts = Some(pts_ms);
@@ -205,14 +214,41 @@ impl<W: Write> WebmWriter<W> {
 
     /// Flushes the last cluster and returns the sink and the bytes written.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
+        self.flush_all()?;
+        Ok((self.out, self.bytes))
+    }
+
+    /// Writes the open cluster and flushes the sink; returns the bytes written so far.
+    pub fn flush_all(&mut self) -> io::Result<u64> {
         self.flush_cluster()?;
         self.out.flush()?;
-        Ok((self.out, self.bytes))
+        Ok(self.bytes)
+    }
+
+    /// Bytes of the cluster held in memory.
+    pub fn buffered(&self) -> usize {
+        self.cluster.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn same_timestamp_frames_do_not_grow_one_cluster_without_bound() {
+        let spec = super::TrackSpec::opus_mono(1);
+        let mut w = super::WebmWriter::new(Vec::new(), "webm", &[spec]).unwrap();
+        let frame = vec![0u8; 4096];
+        let mut most = 0;
+        for _ in 0..2_000 {
+            w.write_frame(1, 1_000, true, &frame).unwrap();
+            most = most.max(w.buffered());
+        }
+        assert!(most <= super::MAX_CLUSTER_BYTES, "{most} bytes held");
+        let (out, bytes) = w.finish().unwrap();
+        assert_eq!(out.len() as u64, bytes);
+        assert!(bytes > 2_000 * 4096);
+    }
+
     use super::*;
     use crate::demux::{ebml, Demuxer, Event};
 

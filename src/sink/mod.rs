@@ -1,5 +1,6 @@
-//! Sinks: where results land on disk. Every file is written atomically (temp file + rename), so
-//! a crash never leaves a half-written verdict or manifest behind.
+//! Sinks: where results land on disk. Every file is written atomically (temp file, fsync, rename,
+//! fsync of the folder), so a crash never leaves a half-written verdict, evidence file or
+//! microphone file behind, and a renamed file survives a power loss.
 
 pub mod slices;
 
@@ -41,14 +42,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        drop(f);
+        commit(&tmp, path)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(SinkError::io(path, e));
     }
     Ok(())
+}
+
+/// Puts a finished temp file in place: fsync the file, rename it over `path`, then fsync the
+/// folder so the rename itself is durable. `tmp` must be in the same folder as `path`.
+pub fn commit(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(tmp)?
+        .sync_all()?;
+    std::fs::rename(tmp, path)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.

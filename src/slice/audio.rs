@@ -17,6 +17,9 @@ use crate::demux::codec::split_xiph_headers;
 use crate::demux::{Codec, Frame, TrackInfo};
 use crate::mux::{TrackSpec, WebmWriter};
 
+/// A jump in packet timestamps beyond this is a gap in the audio, not jitter.
+const GAP_NS: i64 = 60_000_000;
+
 /// The sample rate every speech model here expects.
 pub const MODEL_RATE: u32 = 16_000;
 
@@ -59,6 +62,9 @@ fn opus_tags() -> Vec<u8> {
 pub struct AudioDecoder {
     pipeline: Arc<OwnedPipeline>,
     src: gst_app::AppSrc,
+    /// End of the last packet pushed: a later packet starting past it is marked DISCONT, so the
+    /// decoder and the resampler restamp from it instead of counting samples across the gap.
+    next_pts_ns: std::cell::Cell<Option<i64>>,
 }
 
 /// Pulling side, owned by the audio puller thread.
@@ -161,6 +167,7 @@ impl AudioDecoder {
             Self {
                 pipeline: pipeline.clone(),
                 src,
+                next_pts_ns: std::cell::Cell::new(None),
             },
             AudioOutput { pipeline, sink },
         ))
@@ -174,7 +181,16 @@ impl AudioDecoder {
             if let Some(d) = frame.duration_ns {
                 b.set_duration(gst::ClockTime::from_nseconds(d));
             }
+            if self
+                .next_pts_ns
+                .get()
+                .is_some_and(|next| frame.pts_ns > next.saturating_add(GAP_NS))
+            {
+                b.set_flags(gst::BufferFlags::DISCONT);
+            }
         }
+        let dur = i64::try_from(frame.duration_ns.unwrap_or(0)).unwrap_or(i64::MAX);
+        self.next_pts_ns.set(Some(frame.pts_ns.saturating_add(dur)));
         self.src
             .push_buffer(buffer)
             .map(|_| ())
@@ -194,8 +210,8 @@ impl AudioDecoder {
 }
 
 impl AudioOutput {
-    /// Pulls decoded audio until end of stream. Chunks are stamped from the first buffer's time
-    /// and then by sample count, so gaps in the source do not shift speech timestamps.
+    /// Pulls decoded audio until end of stream. Each chunk carries its buffer's time (restamped
+    /// after a gap, see [`AudioDecoder::push`]); the speech stage fills gaps with silence.
     pub fn run(
         self,
         stall_timeout: Duration,
@@ -331,9 +347,13 @@ pub fn decode_file_16k_mono(path: &Path) -> Result<Vec<f32>, SliceError> {
     Ok(out)
 }
 
-/// Writes the microphone track, packets copied as they are, into an audio-only WebM.
+/// Writes the microphone track, packets copied as they are, into an audio-only WebM. The file is
+/// written under a temp name and put in place by [`MicWriter::finish`] (fsync, rename, fsync of
+/// the folder): a crash or a failed run leaves no half-written mic.webm.
 pub struct MicWriter {
     path: PathBuf,
+    tmp: PathBuf,
+    done: bool,
     writer: WebmWriter<BufWriter<File>>,
     first_ms: Option<i64>,
     end_ms: i64,
@@ -354,8 +374,13 @@ pub struct ExtractedAudio {
 
 impl MicWriter {
     pub fn create(path: &Path, track: &TrackInfo) -> Result<Self, SliceError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let file =
-            File::create(path).map_err(|e| SliceError::Io(format!("{}: {e}", path.display())))?;
+            File::create(&tmp).map_err(|e| SliceError::Io(format!("{}: {e}", path.display())))?;
         let spec = TrackSpec {
             number: 1,
             kind: 2,
@@ -370,6 +395,8 @@ impl MicWriter {
             .map_err(|e| SliceError::Io(format!("{}: {e}", path.display())))?;
         Ok(Self {
             path: path.to_path_buf(),
+            tmp,
+            done: false,
             writer,
             first_ms: None,
             end_ms: 0,
@@ -380,7 +407,9 @@ impl MicWriter {
     pub fn write(&mut self, frame: &Frame) -> Result<(), SliceError> {
         let pts_ms = frame.pts_ms();
         self.first_ms.get_or_insert(pts_ms);
-        let end = frame.pts_ns + frame.duration_ns.unwrap_or(0) as i64;
+        let end = frame
+            .pts_ns
+            .saturating_add(i64::try_from(frame.duration_ns.unwrap_or(0)).unwrap_or(i64::MAX));
         self.end_ms = self.end_ms.max(end.div_euclid(1_000_000));
         self.frames += 1;
         self.writer
@@ -388,14 +417,17 @@ impl MicWriter {
             .map_err(|e| SliceError::Io(format!("{}: {e}", self.path.display())))
     }
 
-    pub fn finish(self, codec: &Codec) -> Result<ExtractedAudio, SliceError> {
-        let (_, bytes) = self
+    pub fn finish(mut self, codec: &Codec) -> Result<ExtractedAudio, SliceError> {
+        let io = |e: std::io::Error| SliceError::Io(format!("{}: {e}", self.path.display()));
+        let bytes = self
             .writer
-            .finish()
-            .map_err(|e| SliceError::Io(format!("{}: {e}", self.path.display())))?;
+            .flush_all()
+            .and_then(|bytes| crate::sink::commit(&self.tmp, &self.path).map(|_| bytes))
+            .map_err(io)?;
+        self.done = true;
         let start = self.first_ms.unwrap_or(0);
         Ok(ExtractedAudio {
-            path: self.path,
+            path: self.path.clone(),
             codec: codec.name().to_string(),
             container: "webm",
             frames: self.frames,
@@ -403,5 +435,14 @@ impl MicWriter {
             duration_ms: self.end_ms - start,
             bytes,
         })
+    }
+}
+
+impl Drop for MicWriter {
+    /// A run that ends without `finish` leaves no temp file behind.
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }

@@ -53,6 +53,8 @@ pub enum SliceError {
     UnsupportedCodec(String),
     #[error("no audio or video track this pipeline can decode")]
     NothingToAudit,
+    #[error("no media: {bytes} bytes of headers and tracks but not one audio or video frame")]
+    NoMedia { bytes: u64 },
     #[error("cancelled")]
     Cancelled,
 }
@@ -173,6 +175,8 @@ pub struct SliceOptions {
     pub channel_capacity: usize,
     /// Decoding and conversion wait for this turn (the sequential baseline); `None`: never.
     pub turn: Option<Turn>,
+    /// Test only ([`crate::fault`]): the video decoders fail on their first frame.
+    pub fault_decoder: bool,
 }
 
 impl Default for SliceOptions {
@@ -189,6 +193,7 @@ impl Default for SliceOptions {
             stall_timeout: Duration::from_secs(15),
             channel_capacity: 8,
             turn: None,
+            fault_decoder: false,
         }
     }
 }
@@ -276,6 +281,47 @@ struct VideoRoute {
     keyframes: Arc<Mutex<BTreeSet<i64>>>,
     keyframes_only: bool,
     failed: Option<String>,
+    codec: Codec,
+    /// Frames refused from their keyframe header as larger than `max_frame_pixels`: never decoded.
+    oversize: Skipped,
+    /// Inside a run of oversized frames (from an oversized keyframe to the next one in bounds).
+    skipping: bool,
+}
+
+/// Frames a limit kept from the models: how many, and the recording time they span.
+#[derive(Debug, Clone, Default)]
+struct Skipped {
+    frames: u64,
+    first_ms: Option<i64>,
+    last_ms: i64,
+    /// The largest size refused, for the reason text.
+    size: Option<(u32, u32)>,
+}
+
+impl Skipped {
+    fn add(&mut self, pts: i64) {
+        self.frames += 1;
+        self.first_ms.get_or_insert(pts);
+        self.last_ms = self.last_ms.max(pts);
+    }
+
+    fn merge(&mut self, other: &Skipped) {
+        if let Some(f) = other.first_ms {
+            self.frames += other.frames;
+            self.first_ms = Some(self.first_ms.map_or(f, |s| s.min(f)));
+            self.last_ms = self.last_ms.max(other.last_ms);
+            self.size = self.size.max(other.size);
+        }
+    }
+
+    /// "N frames, A-B ms not audited", or `None` when nothing was skipped.
+    fn span(&self) -> Option<String> {
+        let first = self.first_ms?;
+        Some(format!(
+            "{} frames, {first}-{} ms not audited",
+            self.frames, self.last_ms
+        ))
+    }
 }
 
 struct AudioRoute {
@@ -292,6 +338,10 @@ struct PullerResult {
     sampled: u64,
     busy_ms: u64,
     error: Option<String>,
+    /// Decoded frames over `max_frame_pixels` (codecs whose header gives no size).
+    too_big: Skipped,
+    /// Frames after the track reached `max_slices_per_track`.
+    full: Skipped,
 }
 
 struct Run {
@@ -302,7 +352,8 @@ struct Run {
     reports: Vec<TrackReport>,
     videos: Vec<(u64, VideoRoute)>,
     audio: Option<(u64, AudioRoute)>,
-    partial: Option<String>,
+    /// Why the recording is only partly audited, one reason per problem, in order.
+    partial: Vec<String>,
     end_ms: i64,
 }
 
@@ -316,7 +367,7 @@ impl Run {
             reports: Vec::new(),
             videos: Vec::new(),
             audio: None,
-            partial: None,
+            partial: Vec::new(),
             end_ms: 0,
         }
     }
@@ -344,7 +395,7 @@ impl Run {
                     }
                     Ok(Some(Event::Frame(f))) => {
                         if f.pts_ms() > self.opts.limits.max_duration_ms {
-                            self.partial = Some(format!(
+                            self.partial.push(format!(
                                 "stopped at the duration limit of {} s",
                                 self.opts.limits.max_duration_ms / 1000
                             ));
@@ -356,7 +407,7 @@ impl Run {
                     Ok(None) => break,
                     Err(e) if header.is_some() => {
                         // Everything before the damage has been routed: audit it, marked partial.
-                        self.partial = Some(format!(
+                        self.partial.push(format!(
                             "stream damaged at byte {}: {e}",
                             demuxer.bytes_received()
                         ));
@@ -382,12 +433,16 @@ impl Run {
                         self.abort_all();
                         return Err(SliceError::Io(format!("read failed: {e}")));
                     }
-                    self.partial = Some(format!("read failed after {bytes} bytes: {e}"));
+                    self.partial
+                        .push(format!("read failed after {bytes} bytes: {e}"));
                     stopped_early = true;
                     break;
                 }
             };
             bytes += n as u64;
+            // Hashed before the limit check: the content hash names the whole file, as the
+            // scan's skip check computes it.
+            hasher.update(&chunk[..n]);
             if bytes > self.opts.limits.max_file_bytes {
                 if header.is_none() {
                     self.abort_all();
@@ -396,14 +451,13 @@ impl Run {
                         self.opts.limits.max_file_bytes
                     )));
                 }
-                self.partial = Some(format!(
+                self.partial.push(format!(
                     "stopped at the file size limit of {} bytes",
                     self.opts.limits.max_file_bytes
                 ));
                 stopped_early = true;
                 break;
             }
-            hasher.update(&chunk[..n]);
             demuxer.push(&chunk[..n]);
         }
         if stopped_early {
@@ -414,9 +468,6 @@ impl Run {
                     Ok(n) => {
                         bytes += n as u64;
                         hasher.update(&chunk[..n]);
-                        if bytes > self.opts.limits.max_file_bytes {
-                            break;
-                        }
                     }
                 }
             }
@@ -424,7 +475,7 @@ impl Run {
             match demuxer.finish() {
                 Ok(end) => {
                     if let Some(t) = end.truncated {
-                        self.partial = Some(format!(
+                        self.partial.push(format!(
                             "truncated at byte {} inside {}: {}",
                             t.at_byte, t.inside, t.reason
                         ));
@@ -454,18 +505,20 @@ impl Run {
             ..Default::default()
         };
         let audio = self.close(&mut stages)?;
-        let duration_ms = header
-            .duration_ms
-            .map(|d| d.round() as i64)
-            .unwrap_or(0)
-            .max(self.end_ms);
+        if self.reports.iter().all(|r| r.frames == 0) {
+            return Err(SliceError::NoMedia { bytes });
+        }
+        // The header's Duration is only the file's claim: the duration is what was demuxed,
+        // within the policy's limit.
+        let duration_ms = self.end_ms.clamp(0, self.opts.limits.max_duration_ms);
+        let partial = !self.partial.is_empty();
         Ok(SliceReport {
             bytes,
             sha256: hex::encode(hasher.finalize()),
             doc_type: header.doc_type,
             duration_ms,
-            partial: self.partial.is_some(),
-            partial_reason: self.partial.take(),
+            partial,
+            partial_reason: partial.then(|| self.partial.join("; ")),
             tracks: std::mem::take(&mut self.reports),
             audio,
             stages,
@@ -550,6 +603,8 @@ impl Run {
                     sampled: 0,
                     busy_ms: 0,
                     error: None,
+                    too_big: Skipped::default(),
+                    full: Skipped::default(),
                 };
                 let mut busy = Duration::ZERO;
                 let outcome = output.run(stall, |frame| {
@@ -568,13 +623,20 @@ impl Run {
                         *set = set.split_off(&frame.pts_ms);
                         hit
                     };
-                    let too_big = u64::from(w) * u64::from(h) > limits.max_frame_pixels;
-                    let full = r.sampled >= limits.max_slices_per_track;
-                    if cancel.load(Ordering::Relaxed)
-                        || too_big
-                        || full
-                        || !sampler.wants(frame.pts_ms)
-                    {
+                    // Frames a limit keeps from the models are counted, so the verdict can say
+                    // which time range was not audited.
+                    if u64::from(w) * u64::from(h) > limits.max_frame_pixels {
+                        r.too_big.add(frame.pts_ms);
+                        r.too_big.size = r.too_big.size.max(Some((w, h)));
+                        busy += t0.elapsed();
+                        return;
+                    }
+                    if r.sampled >= limits.max_slices_per_track {
+                        r.full.add(frame.pts_ms);
+                        busy += t0.elapsed();
+                        return;
+                    }
+                    if cancel.load(Ordering::Relaxed) || !sampler.wants(frame.pts_ms) {
                         busy += t0.elapsed();
                         return;
                     }
@@ -612,6 +674,9 @@ impl Run {
             keyframes,
             keyframes_only: mode == DecodeMode::Keyframes,
             failed: None,
+            codec: track.codec.clone(),
+            oversize: Skipped::default(),
+            skipping: false,
         })
     }
 
@@ -663,7 +728,7 @@ impl Run {
         report.last_ms = Some(report.last_ms.map_or(pts, |l| l.max(pts)));
         let end = frame
             .pts_ns
-            .saturating_add(frame.duration_ns.unwrap_or(0) as i64)
+            .saturating_add(i64::try_from(frame.duration_ns.unwrap_or(0)).unwrap_or(i64::MAX))
             .div_euclid(1_000_000);
         self.end_ms = self.end_ms.max(end);
         let span_s =
@@ -677,7 +742,29 @@ impl Run {
                     self.opts.limits.max_fps
                 ));
             }
-            if route.failed.is_some() || (route.keyframes_only && !frame.keyframe) {
+            if self.opts.fault_decoder && route.failed.is_none() {
+                route.failed = Some("video decoder: injected fault (test only)".into());
+            }
+            if route.failed.is_some() {
+                return;
+            }
+            // An oversized frame is refused from its keyframe header, before the decoder
+            // allocates it; its inter frames go with it, up to the next keyframe in bounds.
+            if frame.keyframe {
+                if let Some((w, h)) = crate::demux::codec::keyframe_size(&route.codec, &frame.data)
+                {
+                    route.skipping =
+                        u64::from(w) * u64::from(h) > self.opts.limits.max_frame_pixels;
+                    if route.skipping {
+                        route.oversize.size = route.oversize.size.max(Some((w, h)));
+                    }
+                }
+            }
+            if route.skipping {
+                route.oversize.add(pts);
+                return;
+            }
+            if route.keyframes_only && !frame.keyframe {
                 return;
             }
             if frame.keyframe {
@@ -751,12 +838,34 @@ impl Run {
                     report.sampled = r.sampled;
                     stages.video_ms += r.busy_ms;
                     report.error = r.error.or(v.failed.take());
+                    let mut big = v.oversize.clone();
+                    big.merge(&r.too_big);
+                    if let (Some(span), Some((w, h))) = (big.span(), big.size) {
+                        self.partial.push(format!(
+                            "track {number}: frames up to {w}x{h} over the frame size limit of {} pixels, {span}",
+                            self.opts.limits.max_frame_pixels
+                        ));
+                    }
+                    if let Some(span) = r.full.span() {
+                        self.partial.push(format!(
+                            "track {number}: stopped sampling at the limit of {} slices, {span}",
+                            self.opts.limits.max_slices_per_track
+                        ));
+                    }
+                    if report.error.is_none() && report.frames > 0 && report.decoded == 0 {
+                        let refused = big.frames;
+                        if refused < report.frames {
+                            report.error = Some("no frame could be decoded".into());
+                        }
+                    }
                 }
                 _ => report.error = Some("decoder thread panicked".into()),
             }
+            if report.frames == 0 && report.error.is_none() {
+                report.error = Some("video track without a single frame".into());
+            }
             if let Some(e) = &report.error {
-                self.partial
-                    .get_or_insert_with(|| format!("track {number}: {e}"));
+                self.partial.push(format!("track {number}: {e}"));
             }
         }
         let mut extracted = None;
@@ -782,8 +891,7 @@ impl Run {
                     .find(|r| r.number == number)
                     .expect("report per route");
                 report.error = Some(e.clone());
-                self.partial
-                    .get_or_insert_with(|| format!("track {number}: {e}"));
+                self.partial.push(format!("track {number}: {e}"));
             }
         }
         Ok(extracted)
