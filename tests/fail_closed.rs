@@ -182,7 +182,7 @@ fn headers_without_media_are_an_error_not_a_clean_audit() {
     assert!(head.len() < 400, "{} bytes of headers", head.len());
     std::fs::write(&path, &head).unwrap();
     match slice_with(&path, SliceLimits::default()) {
-        Err(SliceError::NoMedia { bytes }) => assert_eq!(bytes, head.len() as u64),
+        Err(SliceError::NoMedia { bytes, .. }) => assert_eq!(bytes, head.len() as u64),
         other => panic!("expected NoMedia, got {other:?}"),
     }
 }
@@ -256,8 +256,9 @@ fn the_header_duration_is_not_taken_on_trust() {
     let path = dir.path().join("lying.webm");
     std::fs::write(&path, lying).unwrap();
     let (r, _) = slice_with(&path, SliceLimits::default()).unwrap();
+    // fixtures.json measures 12069 ms with gst-launch; the claimed ten hours must not count.
     assert!(
-        (10_000..=12_000).contains(&r.duration_ms),
+        (11_500..=12_500).contains(&r.duration_ms),
         "duration {} ms",
         r.duration_ms
     );

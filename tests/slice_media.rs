@@ -211,11 +211,16 @@ fn truncated_upload_is_partial_and_sliced_up_to_the_cut() {
 }
 
 #[test]
-fn huge_element_after_the_header_stops_with_a_partial_reason() {
-    let s = slice_fixture("damaged/huge-element.webm", None).unwrap();
-    assert!(s.report.partial);
-    let reason = s.report.partial_reason.unwrap();
-    assert!(reason.contains("over the limit"), "{reason}");
+fn huge_element_before_any_frame_is_no_media_naming_why() {
+    // The oversized element comes before the first frame: nothing was audited, so this is an
+    // error (never a clean or partial audit), and the error says where reading stopped.
+    match slice_fixture("damaged/huge-element.webm", None) {
+        Err(e @ slice::SliceError::NoMedia { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("over the limit"), "{msg}");
+        }
+        other => panic!("expected NoMedia, got {:?}", other.map(|s| s.report)),
+    }
 }
 
 /// The CLI: bad files give one line naming the file and the reason, a non-zero exit, no panic.

@@ -53,8 +53,10 @@ pub enum SliceError {
     UnsupportedCodec(String),
     #[error("no audio or video track this pipeline can decode")]
     NothingToAudit,
-    #[error("no media: {bytes} bytes of headers and tracks but not one audio or video frame")]
-    NoMedia { bytes: u64 },
+    /// `stopped` says why reading ended before the first frame, when it did not simply run out.
+    #[error("no media: {bytes} bytes of headers and tracks but not one audio or video frame{}",
+        stopped.as_deref().map(|s| format!(" ({s})")).unwrap_or_default())]
+    NoMedia { bytes: u64, stopped: Option<String> },
     #[error("cancelled")]
     Cancelled,
 }
@@ -506,7 +508,8 @@ impl Run {
         };
         let audio = self.close(&mut stages)?;
         if self.reports.iter().all(|r| r.frames == 0) {
-            return Err(SliceError::NoMedia { bytes });
+            let stopped = (!self.partial.is_empty()).then(|| self.partial.join("; "));
+            return Err(SliceError::NoMedia { bytes, stopped });
         }
         // The header's Duration is only the file's claim: the duration is what was demuxed,
         // within the policy's limit.
