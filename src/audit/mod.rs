@@ -284,6 +284,25 @@ pub struct AuditRequest<'a> {
     pub workers: usize,
     /// The benchmark baseline's modes (`scan --sequential`); production is `Sequential::Off`.
     pub sequential: Sequential,
+    /// Opens the bytes instead of `recording.open()` (service mode: a file still being uploaded).
+    pub open: Option<Arc<OpenFn>>,
+    /// Told after each slice's findings are aggregated (service mode shows them before the end).
+    pub progress: Option<Arc<ProgressFn>>,
+}
+
+/// Opens a recording's bytes as a stream.
+pub type OpenFn =
+    dyn Fn() -> Result<Box<dyn std::io::Read + Send>, crate::ingest::IngestError> + Send + Sync;
+/// Receives [`AuditProgress`] from the auditing thread.
+pub type ProgressFn = dyn Fn(&AuditProgress) + Send + Sync;
+
+/// How far a running audit has come.
+#[derive(Debug, Clone)]
+pub struct AuditProgress {
+    /// Media time of the last slice whose models are done.
+    pub media_ms: u64,
+    /// Visual findings closed so far (speech findings come with the verdict).
+    pub findings: Vec<Finding>,
 }
 
 /// How the benchmark baseline (`scan --sequential`, docs/benchmarks.md) gives up concurrency.
@@ -400,7 +419,10 @@ pub fn audit(
         turn: turn.clone(),
         ..SliceOptions::default()
     };
-    let reader = req.recording.open()?;
+    let reader = match &req.open {
+        Some(open) => open()?,
+        None => req.recording.open()?,
+    };
     let (slice_rx, slicer) = slice::start(reader, &req.recording.file_name(), opts);
 
     let calls = Arc::new(CallCounter::default());
@@ -493,12 +515,14 @@ pub fn audit(
                         last_camera: &mut Option<(u64, [u8; 256], CameraObservation)>,
                         visual: &mut VisualFindings,
                         slice_errors: &mut Vec<String>| {
+            let mut last_pts = None;
             while let Some(p) = pending.get(emit_seq) {
                 if matches!(p.state, PendingState::Waiting) {
                     break;
                 }
                 let p = pending.remove(emit_seq).expect("present");
                 *emit_seq += 1;
+                last_pts = Some(p.pts);
                 match p.state {
                     PendingState::Ready(Ok(Observation::Camera(obs))) => {
                         visual.camera(&ctx, p.pts, &obs, &p.image, &mut ev_visual);
@@ -519,6 +543,7 @@ pub fn audit(
                     PendingState::Waiting => unreachable!("checked above"),
                 }
             }
+            last_pts
         };
         loop {
             let admit = slices_open && in_flight < max_in_flight;
@@ -605,13 +630,19 @@ pub fn audit(
             } else {
                 break;
             }
-            emit(
+            let emitted = emit(
                 &mut pending,
                 &mut emit_seq,
                 &mut last_camera,
                 &mut visual,
                 &mut slice_errors,
             );
+            if let (Some(media_ms), Some(progress)) = (emitted, &req.progress) {
+                progress(&AuditProgress {
+                    media_ms,
+                    findings: visual.findings.clone(),
+                });
+            }
         }
         drop(job_tx);
         drop(audio_tx);
