@@ -237,11 +237,11 @@ fn run_job(
         }
     }
     let key = verdict.idempotency_key();
-    store.put_verdict(&verdict)?;
+    store.put_verdict_shared(&verdict)?;
     let expires = policy.evidence.expires_at(time::OffsetDateTime::now_utc());
     for rel in &evidence {
         let p = out_dir.join(rel);
-        store.add_evidence(
+        store.add_evidence_shared(
             &p.to_string_lossy(),
             &id,
             row.teacher_id.as_deref(),

@@ -480,6 +480,11 @@ impl Store {
     /// re-run of the same recording under the same policy and models changes nothing and returns `false`
     /// (the first verdict, and any review work on its findings, is kept).
     pub fn put_verdict(&mut self, verdict: &Verdict) -> Result<bool, StoreError> {
+        self.put_verdict_shared(verdict)
+    }
+
+    /// [`Store::put_verdict`] for a store shared behind an `Arc` (calls are serialised inside).
+    pub fn put_verdict_shared(&self, verdict: &Verdict) -> Result<bool, StoreError> {
         let json = serde_json::to_string(verdict)?;
         self.b().put_verdict(verdict, &json, now())
     }
@@ -520,6 +525,17 @@ impl Store {
     /// Registers an evidence file so it is deleted at `expires_at`, or when its teacher is erased.
     pub fn add_evidence(
         &mut self,
+        path: &str,
+        recording_id: &str,
+        teacher_id: Option<&str>,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.add_evidence_shared(path, recording_id, teacher_id, expires_at)
+    }
+
+    /// [`Store::add_evidence`] for a store shared behind an `Arc`.
+    pub fn add_evidence_shared(
+        &self,
         path: &str,
         recording_id: &str,
         teacher_id: Option<&str>,
