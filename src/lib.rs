@@ -14,6 +14,7 @@ pub mod audit;
 pub mod ingest;
 pub mod inspect;
 pub mod policy;
+pub mod service;
 pub mod sink;
 pub mod store;
 pub mod verdict;

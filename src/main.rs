@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
-use classguard::app::{enroll, models_cmd, scan, slice_cmd};
+use classguard::app::{enroll, models_cmd, scan, serve, slice_cmd, token};
 use classguard::audit;
 use classguard::ingest;
 use classguard::inspect::{self, InspectOptions};
@@ -114,6 +114,65 @@ enum Command {
         #[command(subcommand)]
         what: ModelsCmd,
     },
+    /// Run the push service: tus uploads at /files/, audited while they arrive (docs/service.md).
+    Serve {
+        /// Address to listen on (loopback by default; put a TLS proxy in front to expose it).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Store: a SQLite path or postgres://user@host:port/db (default: the local SQLite store).
+        #[arg(long, env = "CLASSGUARD_DATABASE")]
+        database: Option<String>,
+        /// Uploaded bytes and audit outputs (default: `service` next to the default store).
+        #[arg(long, env = "CLASSGUARD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Recordings audited at once.
+        #[arg(long, default_value_t = 2)]
+        audit_workers: usize,
+        /// Model workers per recording.
+        #[arg(long, default_value_t = 1)]
+        model_workers: usize,
+        /// Largest upload accepted, in MiB.
+        #[arg(long, default_value_t = 4096)]
+        max_upload_mib: u64,
+        /// Byte-carrying requests in flight per token.
+        #[arg(long, default_value_t = 64)]
+        max_concurrent_uploads: usize,
+        /// Seconds a request body may send nothing before it is cut off (bytes so far are kept).
+        #[arg(long, default_value_t = 60)]
+        body_timeout_s: u64,
+        /// Seconds without bytes after which an upload expires and is audited as partial.
+        #[arg(long, default_value_t = 86_400)]
+        upload_expiry_s: u64,
+        /// Seconds a job's lease lasts without a heartbeat (then another worker takes it).
+        #[arg(long, default_value_t = 30)]
+        job_lease_s: u64,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Manage the service's API tokens (printed once; only their hash is stored).
+    Token {
+        #[command(subcommand)]
+        what: TokenCmd,
+        /// Store: a SQLite path or postgres://... (default: the local SQLite store).
+        #[arg(long, env = "CLASSGUARD_DATABASE", global = true)]
+        database: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token and print it (once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// POSTed a signed event when a verdict is final.
+        #[arg(long)]
+        webhook: Option<String>,
+    },
+    /// List tokens (never their values).
+    List,
+    /// Revoke a token: its requests get 401 from then on.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +341,71 @@ fn main() -> ExitCode {
                 Err(e) => fail(anyhow::anyhow!(e), 1),
             },
         },
+        Command::Serve {
+            listen,
+            database,
+            data_dir,
+            audit_workers,
+            model_workers,
+            max_upload_mib,
+            max_concurrent_uploads,
+            body_timeout_s,
+            upload_expiry_s,
+            job_lease_s,
+            policy,
+        } => {
+            let result = (|| -> anyhow::Result<()> {
+                let store = serve::open_store(database.as_deref())?;
+                let data_dir = match data_dir {
+                    Some(d) => d,
+                    None => serve::default_data_dir()?,
+                };
+                let mut config = classguard::service::Config::new(data_dir);
+                config.listen = listen;
+                config.audit_workers = audit_workers.max(1);
+                config.model_workers = model_workers.max(1);
+                config.max_upload_bytes = max_upload_mib.saturating_mul(1 << 20);
+                config.max_concurrent_uploads = max_concurrent_uploads.max(1);
+                config.body_timeout = std::time::Duration::from_secs(body_timeout_s.max(1));
+                config.upload_expiry = std::time::Duration::from_secs(upload_expiry_s.max(1));
+                config.job_lease = std::time::Duration::from_secs(job_lease_s.max(1));
+                config.policy = policy;
+                serve::run(store, config, |addr| {
+                    // One line on stdout for scripts and tests: where to connect.
+                    println!("listening on http://{addr}");
+                })?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, 2),
+            }
+        }
+        Command::Token { what, database } => {
+            let result = (|| -> anyhow::Result<()> {
+                let store = serve::open_store(database.as_deref())?;
+                match what {
+                    TokenCmd::Create { name, webhook } => {
+                        let c = token::create(&store, &name, webhook.as_deref())?;
+                        println!("token: {}", c.token);
+                        if c.row.webhook_url.is_some() {
+                            println!("webhook secret: {}", c.webhook_secret);
+                        }
+                        eprintln!("store the token now: it is not shown again");
+                    }
+                    TokenCmd::List => print!("{}", token::list(&store)?),
+                    TokenCmd::Revoke { name } => {
+                        token::revoke(&store, &name)?;
+                        println!("revoked token {name}");
+                    }
+                }
+                Ok(())
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, 1),
+            }
+        }
     }
 }
 

@@ -4,3 +4,5 @@ pub mod enroll;
 pub mod models_cmd;
 pub mod scan;
 pub mod slice_cmd;
+pub mod serve;
+pub mod token;

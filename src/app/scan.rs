@@ -453,6 +453,8 @@ fn scan_one(
         role: opts.role,
         workers,
         sequential: opts.sequential,
+        open: None,
+        progress: None,
     };
     let (verdict, evidence) = match audit::audit(models, policy, &req) {
         Ok(outcome) => (outcome.verdict, outcome.evidence),

@@ -288,6 +288,25 @@ pub struct AuditRequest<'a> {
     pub workers: usize,
     /// The benchmark baseline's modes (`scan --sequential`); production is `Sequential::Off`.
     pub sequential: Sequential,
+    /// Opens the bytes instead of `recording.open()` (service mode: a file still being uploaded).
+    pub open: Option<Arc<OpenFn>>,
+    /// Told after each slice's findings are aggregated (service mode shows them before the end).
+    pub progress: Option<Arc<ProgressFn>>,
+}
+
+/// Opens a recording's bytes as a stream.
+pub type OpenFn =
+    dyn Fn() -> Result<Box<dyn std::io::Read + Send>, crate::ingest::IngestError> + Send + Sync;
+/// Receives [`AuditProgress`] from the auditing thread.
+pub type ProgressFn = dyn Fn(&AuditProgress) + Send + Sync;
+
+/// How far a running audit has come.
+#[derive(Debug, Clone)]
+pub struct AuditProgress {
+    /// Media time of the last slice whose models are done.
+    pub media_ms: u64,
+    /// Visual findings closed so far (speech findings come with the verdict).
+    pub findings: Vec<Finding>,
 }
 
 /// How the benchmark baseline (`scan --sequential`, docs/benchmarks.md) gives up concurrency.
@@ -493,7 +512,10 @@ pub fn audit(
         fault_decoder: fault == Some(Fault::Decoder),
         ..SliceOptions::default()
     };
-    let reader = req.recording.open()?;
+    let reader = match &req.open {
+        Some(open) => open()?,
+        None => req.recording.open()?,
+    };
     let (slice_rx, slicer) = slice::start(reader, &req.recording.file_name(), opts);
 
     let calls = Arc::new(CallCounter::default());
@@ -611,12 +633,14 @@ pub fn audit(
                         visual: &mut VisualFindings,
                         slice_errors: &mut Vec<String>,
                         desktop_faces: &mut DesktopFaces| {
+            let mut last_pts = None;
             while let Some(p) = pending.get(emit_seq) {
                 if matches!(p.state, PendingState::Waiting) {
                     break;
                 }
                 let p = pending.remove(emit_seq).expect("present");
                 *emit_seq += 1;
+                last_pts = Some(p.pts);
                 match p.state {
                     PendingState::Ready(Ok(Observation::Camera(obs))) => {
                         visual.camera(&ctx, p.pts, &obs, &p.image, &mut ev_visual);
@@ -638,6 +662,7 @@ pub fn audit(
                     PendingState::Waiting => unreachable!("checked above"),
                 }
             }
+            last_pts
         };
         let mut handle_done = |d: Done, pending: &mut BTreeMap<u64, Pending>| {
             if let Some(p) = pending.get_mut(&d.seq) {
@@ -736,7 +761,7 @@ pub fn audit(
                 stage_failures.push("model workers: every worker stopped".into());
                 break;
             }
-            emit(
+            let emitted = emit(
                 &mut pending,
                 &mut emit_seq,
                 &mut last_camera,
@@ -744,6 +769,12 @@ pub fn audit(
                 &mut slice_errors,
                 &mut desktop_faces,
             );
+            if let (Some(media_ms), Some(progress)) = (emitted, &req.progress) {
+                progress(&AuditProgress {
+                    media_ms,
+                    findings: visual.findings.clone(),
+                });
+            }
         }
         // Slices still waiting for a worker that is gone are reported, never dropped.
         for p in pending.values_mut() {

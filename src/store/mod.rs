@@ -1,78 +1,24 @@
-//! The local store: enrolled face templates, verdicts, review state of findings, and the evidence files
-//! that must be deleted on schedule or on request.
+//! The store: enrolled face templates, verdicts, review state of findings, the evidence files that
+//! must be deleted on schedule or on request, and for service mode the API tokens, uploaded
+//! recordings, durable audit jobs and webhook deliveries.
 //!
-//! One SQLite file in WAL mode, so a review UI can read while the auditor writes, and several auditor
-//! processes can share it: every write is one `BEGIN IMMEDIATE` transaction (the write lock is taken up
-//! front, so two writers queue on `busy_timeout` instead of failing on a lock upgrade).
+//! One interface, [`Store`], over two backends that pass the same test suite (tests/store.rs):
+//! SQLite ([`sqlite`], the embedded default: nothing to run) and PostgreSQL ([`postgres`], for a
+//! service whose workers share one database). Both apply versioned migrations on open.
 //!
-//! Privacy: templates are embeddings only, never photos; evidence files are tracked with an expiry so
-//! that [`Store::expire_evidence`] and [`Store::erase_teacher`] can say which files to delete.
+//! Privacy: templates are embeddings only, never photos; tokens are stored as their sha256 only;
+//! evidence files are tracked with an expiry so that [`Store::expire_evidence`] and
+//! [`Store::erase_teacher`] can say which files to delete.
+
+pub mod postgres;
+pub mod sqlite;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use time::OffsetDateTime;
 
 use crate::verdict::Verdict;
-
-/// Schema migrations; `PRAGMA user_version` is the number applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[
-    // 1: initial schema.
-    r#"
-    CREATE TABLE teachers (
-        id          TEXT PRIMARY KEY,
-        created_at  INTEGER NOT NULL
-    );
-    CREATE TABLE face_templates (
-        id          INTEGER PRIMARY KEY,
-        teacher_id  TEXT NOT NULL REFERENCES teachers(id) ON DELETE CASCADE,
-        model_id    TEXT NOT NULL,
-        embedding   BLOB NOT NULL,          -- f32 little-endian
-        created_at  INTEGER NOT NULL
-    );
-    CREATE INDEX face_templates_teacher ON face_templates(teacher_id, model_id);
-    CREATE TABLE verdicts (
-        id               INTEGER PRIMARY KEY,
-        idempotency_key  TEXT NOT NULL UNIQUE,
-        recording_id     TEXT NOT NULL,
-        sha256           TEXT NOT NULL,
-        decision         TEXT NOT NULL,
-        verdict_json     TEXT NOT NULL,
-        created_at       INTEGER NOT NULL
-    );
-    CREATE INDEX verdicts_recording ON verdicts(recording_id);
-    CREATE TABLE findings (
-        id             INTEGER PRIMARY KEY,
-        verdict_id     INTEGER NOT NULL REFERENCES verdicts(id) ON DELETE CASCADE,
-        recording_id   TEXT NOT NULL,
-        label          TEXT NOT NULL,
-        severity       TEXT NOT NULL,
-        track          TEXT NOT NULL,
-        start_ms       INTEGER NOT NULL,
-        end_ms         INTEGER NOT NULL,
-        rule_id        TEXT NOT NULL,
-        reason         TEXT NOT NULL,
-        status         TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'confirmed', 'dismissed')),
-        reviewer_note  TEXT,
-        evidence_path  TEXT,
-        updated_at     INTEGER NOT NULL
-    );
-    CREATE INDEX findings_status ON findings(status, recording_id);
-    CREATE INDEX findings_evidence ON findings(evidence_path);
-    CREATE TABLE evidence (
-        path          TEXT PRIMARY KEY,
-        recording_id  TEXT NOT NULL,
-        teacher_id    TEXT,
-        expires_at    INTEGER NOT NULL
-    );
-    CREATE INDEX evidence_expires ON evidence(expires_at);
-    CREATE INDEX evidence_teacher ON evidence(teacher_id);
-    "#,
-];
-
-/// How long a writer waits for another process's transaction before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -96,12 +42,18 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("sqlite: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("database URL {0:?}: expected postgres://user@host:port/database")]
+    BadUrl(String),
     #[error("verdict JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("finding {0} not found")]
     FindingNotFound(i64),
     #[error("invalid embedding: {0}")]
     InvalidEmbedding(&'static str),
+    #[error("a token named {0:?} already exists")]
+    TokenExists(String),
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt { what: &'static str, detail: String },
 }
@@ -124,7 +76,7 @@ impl FindingStatus {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, StoreError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
         match s {
             "open" => Ok(FindingStatus::Open),
             "confirmed" => Ok(FindingStatus::Confirmed),
@@ -154,23 +106,271 @@ pub struct FindingRow {
     pub evidence_path: Option<String>,
 }
 
+/// An API token. The token itself is never stored, only its sha256 (`hash`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenRow {
+    pub id: i64,
+    pub name: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub webhook_url: Option<String>,
+    /// HMAC key of this token's webhook signatures (the receiver needs it to verify, so it is kept).
+    #[serde(skip)]
+    pub webhook_secret: String,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+/// Where an uploaded recording is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Bytes are arriving (tus upload not yet complete).
+    Uploading,
+    /// Every byte is in; the audit may still be running.
+    Complete,
+    /// The upload stopped and expired; audited up to where it ends, verdict partial.
+    Expired,
+    /// Deleted by the client (tus termination).
+    Terminated,
+    /// The final verdict is written.
+    Audited,
+}
+
+impl RecordingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Uploading => "uploading",
+            RecordingState::Complete => "complete",
+            RecordingState::Expired => "expired",
+            RecordingState::Terminated => "terminated",
+            RecordingState::Audited => "audited",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "uploading" => RecordingState::Uploading,
+            "complete" => RecordingState::Complete,
+            "expired" => RecordingState::Expired,
+            "terminated" => RecordingState::Terminated,
+            "audited" => RecordingState::Audited,
+            other => {
+                return Err(StoreError::Corrupt {
+                    what: "recording state",
+                    detail: other.to_string(),
+                })
+            }
+        })
+    }
+
+    /// No more bytes will come.
+    pub fn upload_ended(self) -> bool {
+        !matches!(self, RecordingState::Uploading)
+    }
+}
+
+/// What a client says about a recording when it creates it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRecording {
+    pub id: String,
+    pub token_id: i64,
+    pub idempotency_key: Option<String>,
+    /// `None`: tus creation-defer-length, told later.
+    pub upload_length: Option<i64>,
+    pub session_id: Option<String>,
+    pub role: Option<String>,
+    pub teacher_id: Option<String>,
+    pub expires_at_ms: i64,
+}
+
+/// An uploaded recording and how far its upload and audit have come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRow {
+    pub id: String,
+    pub token_id: i64,
+    pub idempotency_key: Option<String>,
+    pub state: RecordingState,
+    pub upload_length: Option<i64>,
+    pub bytes_received: i64,
+    pub media_ms_audited: i64,
+    /// JSON array of the findings so far (the audit's progress).
+    pub findings_json: String,
+    pub session_id: Option<String>,
+    pub role: Option<String>,
+    pub teacher_id: Option<String>,
+    /// Idempotency key of the final verdict in the verdicts table.
+    pub verdict_key: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A durable audit job as a worker holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: i64,
+    pub recording_id: String,
+    /// Including this one.
+    pub attempts: i64,
+}
+
+/// A webhook event waiting to be (re)delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub id: i64,
+    /// Stable across retries: receivers deduplicate on it.
+    pub event_id: String,
+    pub token_id: i64,
+    pub recording_id: String,
+    pub url: String,
+    pub body: String,
+    /// Failed attempts so far.
+    pub attempts: i64,
+}
+
+/// One backend's operations. Everything takes `&mut self` (a PostgreSQL client needs it);
+/// [`Store`] serialises calls. Times are passed in where a test needs to control them.
+pub trait Backend: Send {
+    fn schema_version(&mut self) -> Result<i64, StoreError>;
+    fn enroll_template(
+        &mut self,
+        teacher_id: &str,
+        model_id: &str,
+        blob: &[u8],
+        now: i64,
+    ) -> Result<i64, StoreError>;
+    fn templates_for(
+        &mut self,
+        teacher_id: &str,
+        model_id: &str,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+    fn put_verdict(&mut self, verdict: &Verdict, json: &str, now: i64) -> Result<bool, StoreError>;
+    fn get_verdict_json(&mut self, key: &str) -> Result<Option<String>, StoreError>;
+    fn list_findings(
+        &mut self,
+        status: Option<FindingStatus>,
+    ) -> Result<Vec<FindingRow>, StoreError>;
+    fn set_finding_status(
+        &mut self,
+        id: i64,
+        status: FindingStatus,
+        note: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    fn add_evidence(
+        &mut self,
+        path: &str,
+        recording_id: &str,
+        teacher_id: Option<&str>,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+    fn erase_teacher(&mut self, teacher_id: &str) -> Result<Vec<String>, StoreError>;
+    fn expire_evidence(&mut self, now: i64) -> Result<Vec<String>, StoreError>;
+
+    fn create_token(
+        &mut self,
+        name: &str,
+        hash: &str,
+        webhook_url: Option<&str>,
+        webhook_secret: &str,
+        now: i64,
+    ) -> Result<TokenRow, StoreError>;
+    fn list_tokens(&mut self) -> Result<Vec<TokenRow>, StoreError>;
+    fn revoke_token(&mut self, name: &str) -> Result<bool, StoreError>;
+    fn token_by_hash(&mut self, hash: &str) -> Result<Option<TokenRow>, StoreError>;
+    fn token_by_id(&mut self, id: i64) -> Result<Option<TokenRow>, StoreError>;
+
+    fn create_recording(
+        &mut self,
+        new: &NewRecording,
+        now_ms: i64,
+    ) -> Result<(RecordingRow, bool), StoreError>;
+    fn get_recording(&mut self, id: &str) -> Result<Option<RecordingRow>, StoreError>;
+    fn set_upload_length(&mut self, id: &str, length: i64) -> Result<(), StoreError>;
+    fn set_bytes_received(
+        &mut self,
+        id: &str,
+        bytes: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    fn set_recording_state(&mut self, id: &str, state: RecordingState) -> Result<(), StoreError>;
+    fn set_audit_progress(
+        &mut self,
+        id: &str,
+        media_ms: i64,
+        findings_json: &str,
+    ) -> Result<(), StoreError>;
+    fn set_verdict_key(&mut self, id: &str, key: &str) -> Result<bool, StoreError>;
+    fn count_uploading(&mut self, token_id: i64) -> Result<i64, StoreError>;
+    fn expired_uploads(&mut self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    fn enqueue_job(&mut self, recording_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    fn claim_job(
+        &mut self,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<JobRow>, StoreError>;
+    fn heartbeat(
+        &mut self,
+        job_id: i64,
+        worker: &str,
+        lease_until_ms: i64,
+    ) -> Result<bool, StoreError>;
+    fn finish_job(
+        &mut self,
+        job_id: i64,
+        worker: &str,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    fn queue_depth(&mut self) -> Result<i64, StoreError>;
+
+    fn enqueue_delivery(
+        &mut self,
+        event_id: &str,
+        token_id: i64,
+        recording_id: &str,
+        url: &str,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    fn due_deliveries(&mut self, now_ms: i64, limit: i64) -> Result<Vec<DeliveryRow>, StoreError>;
+    fn delivery_done(&mut self, id: i64) -> Result<(), StoreError>;
+    /// `next_at_ms: None` gives up (state `failed`).
+    fn delivery_failed(
+        &mut self,
+        id: i64,
+        next_at_ms: Option<i64>,
+        error: &str,
+    ) -> Result<(), StoreError>;
+}
+
+/// The store, over either backend. Safe to share between threads (calls are serialised).
 pub struct Store {
-    conn: Connection,
-    path: PathBuf,
+    backend: Mutex<Box<dyn Backend>>,
+    location: PathBuf,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("location", &self.location)
+            .finish()
     }
 }
 
-fn unix(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
+pub(crate) fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn now() -> i64 {
-    unix(OffsetDateTime::now_utc())
+/// Milliseconds since the epoch: leases, expiries and retries.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Integers are i64 in both databases; times beyond 292 million years are clamped rather than wrapped.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Store {
@@ -195,66 +395,43 @@ impl Store {
         Store::open(&Store::default_path()?)
     }
 
-    /// Opens (creating the file and its directory if needed) and migrates the schema.
+    /// Opens (creating the file and its directory if needed) and migrates a SQLite store.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
-        let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        // Switching to WAL needs a moment of exclusive access. SQLite returns SQLITE_BUSY at once,
-        // without calling the busy handler, when a concurrent opener is switching too or running
-        // WAL recovery, so those steps retry until the busy timeout.
-        let mode: String =
-            retry_busy(|| conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)))
-                .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(path = %path.display(), mode, "store is not in WAL mode");
-        }
-        retry_busy(|| conn.pragma_update(None, "synchronous", "NORMAL")).map_err(open_err)?;
-        retry_busy(|| conn.pragma_update(None, "foreign_keys", "ON")).map_err(open_err)?;
-        let mut store = Store {
-            conn,
-            path: path.to_path_buf(),
-        };
-        store.migrate()?;
-        Ok(store)
+        Ok(Store {
+            backend: Mutex::new(Box::new(sqlite::SqliteBackend::open(path)?)),
+            location: path.to_path_buf(),
+        })
     }
 
+    /// Connects to and migrates a PostgreSQL store (`postgres://user@host:port/database`).
+    pub fn connect(url: &str) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Mutex::new(Box::new(postgres::PostgresBackend::connect(url)?)),
+            location: PathBuf::from(postgres::redact(url)),
+        })
+    }
+
+    /// A `postgres://` or `postgresql://` URL connects to PostgreSQL; anything else is a SQLite path.
+    pub fn open_any(location: &str) -> Result<Store, StoreError> {
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            Store::connect(location)
+        } else {
+            Store::open(Path::new(location))
+        }
+    }
+
+    /// The SQLite file, or the PostgreSQL URL without its password.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.location
+    }
+
+    fn b(&self) -> MutexGuard<'_, Box<dyn Backend>> {
+        self.backend.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Schema version this store is at.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?)
-    }
-
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let known = MIGRATIONS.len() as i64;
-        // Re-read inside the write transaction: another process may have migrated meanwhile.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if found > known {
-            return Err(StoreError::TooNew { found, known });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.b().schema_version()
     }
 
     /// Stores one face embedding for a teacher (creating the teacher); returns the template id.
@@ -271,21 +448,7 @@ impl Store {
             return Err(StoreError::InvalidEmbedding("not finite"));
         }
         let blob: Vec<u8> = embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let t = now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO teachers (id, created_at) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
-            params![teacher_id, t],
-        )?;
-        tx.execute(
-            "INSERT INTO face_templates (teacher_id, model_id, embedding, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![teacher_id, model_id, blob, t],
-        )?;
-        let id = tx.last_insert_rowid();
-        tx.commit()?;
-        Ok(id)
+        self.b().enroll_template(teacher_id, model_id, &blob, now())
     }
 
     /// A teacher's templates for one embedding model, oldest first. Templates of another model are
@@ -295,82 +458,47 @@ impl Store {
         teacher_id: &str,
         model_id: &str,
     ) -> Result<Vec<Vec<f32>>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT embedding FROM face_templates WHERE teacher_id = ?1 AND model_id = ?2 ORDER BY id")?;
-        let rows = stmt.query_map(params![teacher_id, model_id], |r| r.get::<_, Vec<u8>>(0))?;
-        rows.map(|blob| {
-            let blob = blob?;
-            if blob.len() % 4 != 0 {
-                return Err(StoreError::Corrupt {
-                    what: "face template",
-                    detail: format!("{} bytes", blob.len()),
-                });
-            }
-            Ok(blob
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
-        })
-        .collect()
+        self.b()
+            .templates_for(teacher_id, model_id)?
+            .into_iter()
+            .map(|blob| {
+                if blob.len() % 4 != 0 {
+                    return Err(StoreError::Corrupt {
+                        what: "face template",
+                        detail: format!("{} bytes", blob.len()),
+                    });
+                }
+                Ok(blob
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
+            })
+            .collect()
     }
 
     /// Writes a verdict and its findings once per idempotency key. Returns `true` if it was new; a
     /// re-run of the same recording under the same policy and models changes nothing and returns `false`
     /// (the first verdict, and any review work on its findings, is kept).
     pub fn put_verdict(&mut self, verdict: &Verdict) -> Result<bool, StoreError> {
-        let key = verdict.idempotency_key();
+        self.put_verdict_shared(verdict)
+    }
+
+    /// [`Store::put_verdict`] for a store shared behind an `Arc` (calls are serialised inside).
+    pub fn put_verdict_shared(&self, verdict: &Verdict) -> Result<bool, StoreError> {
         let json = serde_json::to_string(verdict)?;
-        let t = now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let inserted = tx.execute(
-            "INSERT INTO verdicts (idempotency_key, recording_id, sha256, decision, verdict_json, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(idempotency_key) DO NOTHING",
-            params![key, verdict.recording.id, verdict.recording.sha256, verdict.decision.as_str(), json, t],
-        )?;
-        if inserted == 0 {
-            return Ok(false);
-        }
-        let verdict_id = tx.last_insert_rowid();
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO findings (verdict_id, recording_id, label, severity, track, start_ms, end_ms, rule_id,
-                                       reason, evidence_path, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            for f in &verdict.findings {
-                stmt.execute(params![
-                    verdict_id,
-                    verdict.recording.id,
-                    f.label.as_str(),
-                    f.severity.as_str(),
-                    f.track.as_str(),
-                    to_i64(f.start_ms),
-                    to_i64(f.end_ms),
-                    f.rule_id,
-                    f.reason,
-                    f.evidence.primary_path(),
-                    t,
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(true)
+        self.b().put_verdict(verdict, &json, now())
     }
 
     pub fn get_verdict_by_key(&self, key: &str) -> Result<Option<Verdict>, StoreError> {
-        let json: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT verdict_json FROM verdicts WHERE idempotency_key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .optional()?;
-        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
+        self.b()
+            .get_verdict_json(key)?
+            .map(|j| serde_json::from_str(&j).map_err(StoreError::from))
             .transpose()
+    }
+
+    /// The stored verdict document, as written.
+    pub fn get_verdict_json(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.b().get_verdict_json(key)
     }
 
     /// Findings for the review page, `None` for all, in recording then time order.
@@ -378,36 +506,7 @@ impl Store {
         &self,
         status: Option<FindingStatus>,
     ) -> Result<Vec<FindingRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, recording_id, label, severity, track, start_ms, end_ms, rule_id, reason, status,
-                    reviewer_note, evidence_path
-             FROM findings WHERE ?1 IS NULL OR status = ?1 ORDER BY recording_id, start_ms, id",
-        )?;
-        let rows = stmt.query_map([status.map(FindingStatus::as_str)], |r| {
-            Ok((
-                FindingRow {
-                    id: r.get(0)?,
-                    recording_id: r.get(1)?,
-                    label: r.get(2)?,
-                    severity: r.get(3)?,
-                    track: r.get(4)?,
-                    start_ms: r.get::<_, i64>(5)?.max(0) as u64,
-                    end_ms: r.get::<_, i64>(6)?.max(0) as u64,
-                    rule_id: r.get(7)?,
-                    reason: r.get(8)?,
-                    status: FindingStatus::Open,
-                    reviewer_note: r.get(10)?,
-                    evidence_path: r.get(11)?,
-                },
-                r.get::<_, String>(9)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (mut f, status) = row?;
-            f.status = FindingStatus::parse(&status)?;
-            Ok(f)
-        })
-        .collect()
+        self.b().list_findings(status)
     }
 
     /// Records a reviewer's judgement; `note` replaces the previous note (None keeps it).
@@ -417,11 +516,7 @@ impl Store {
         status: FindingStatus,
         note: Option<&str>,
     ) -> Result<(), StoreError> {
-        let n = self.conn.execute(
-            "UPDATE findings SET status = ?2, reviewer_note = COALESCE(?3, reviewer_note), updated_at = ?4 WHERE id = ?1",
-            params![id, status.as_str(), note, now()],
-        )?;
-        if n == 0 {
+        if !self.b().set_finding_status(id, status, note, now())? {
             return Err(StoreError::FindingNotFound(id));
         }
         Ok(())
@@ -435,87 +530,200 @@ impl Store {
         teacher_id: Option<&str>,
         expires_at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO evidence (path, recording_id, teacher_id, expires_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(path) DO UPDATE SET recording_id = excluded.recording_id,
-                 teacher_id = excluded.teacher_id, expires_at = excluded.expires_at",
-            params![path, recording_id, teacher_id, unix(expires_at)],
-        )?;
-        Ok(())
+        self.add_evidence_shared(path, recording_id, teacher_id, expires_at)
+    }
+
+    /// [`Store::add_evidence`] for a store shared behind an `Arc`.
+    pub fn add_evidence_shared(
+        &self,
+        path: &str,
+        recording_id: &str,
+        teacher_id: Option<&str>,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.b()
+            .add_evidence(path, recording_id, teacher_id, expires_at.unix_timestamp())
     }
 
     /// Right to erasure: removes the teacher, their templates and their evidence rows, and returns the
     /// evidence paths for the caller to delete (the store never touches files, so a failed delete can be
     /// retried from the returned list). Findings keep their text but lose the evidence link.
     pub fn erase_teacher(&mut self, teacher_id: &str) -> Result<Vec<PathBuf>, StoreError> {
-        self.remove_evidence("teacher_id = ?1", params![teacher_id], |tx| {
-            tx.execute(
-                "DELETE FROM face_templates WHERE teacher_id = ?1",
-                [teacher_id],
-            )?;
-            tx.execute("DELETE FROM teachers WHERE id = ?1", [teacher_id])?;
-            Ok(())
-        })
+        Ok(self
+            .b()
+            .erase_teacher(teacher_id)?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect())
     }
 
     /// Removes evidence rows that expired at or before `now` and returns their paths to delete.
     pub fn expire_evidence(&mut self, now: OffsetDateTime) -> Result<Vec<PathBuf>, StoreError> {
-        self.remove_evidence("expires_at <= ?1", params![unix(now)], |_| Ok(()))
+        Ok(self
+            .b()
+            .expire_evidence(now.unix_timestamp())?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect())
     }
 
-    fn remove_evidence(
-        &mut self,
-        filter: &str,
-        args: &[&dyn rusqlite::ToSql],
-        also: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError>,
-    ) -> Result<Vec<PathBuf>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let paths: Vec<String> = {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT path FROM evidence WHERE {filter} ORDER BY path"
-            ))?;
-            let rows = stmt.query_map(args, |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        {
-            let mut unlink = tx.prepare_cached(
-                "UPDATE findings SET evidence_path = NULL WHERE evidence_path = ?1",
-            )?;
-            let mut delete = tx.prepare_cached("DELETE FROM evidence WHERE path = ?1")?;
-            for p in &paths {
-                unlink.execute([p])?;
-                delete.execute([p])?;
-            }
-        }
-        also(&tx)?;
-        tx.commit()?;
-        Ok(paths.into_iter().map(PathBuf::from).collect())
+    // ---- service mode: tokens ----
+
+    /// `hash`: hex sha256 of the token; names are unique.
+    pub fn create_token(
+        &self,
+        name: &str,
+        hash: &str,
+        webhook_url: Option<&str>,
+        webhook_secret: &str,
+    ) -> Result<TokenRow, StoreError> {
+        self.b()
+            .create_token(name, hash, webhook_url, webhook_secret, now())
     }
-}
 
-/// SQLite integers are i64; times beyond 292 million years are clamped rather than wrapped.
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
+    pub fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.b().list_tokens()
+    }
 
-/// Runs `f` again while SQLite reports the database busy or locked, up to [`BUSY_TIMEOUT`].
-fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    let start = std::time::Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        match f() {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(
-                    e.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) && start.elapsed() < BUSY_TIMEOUT =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            r => return r,
-        }
+    /// `false` if no live token has that name.
+    pub fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        self.b().revoke_token(name)
+    }
+
+    /// A live (not revoked) token by the sha256 of its value.
+    pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        Ok(self.b().token_by_hash(hash)?.filter(|t| !t.revoked))
+    }
+
+    pub fn token_by_id(&self, id: i64) -> Result<Option<TokenRow>, StoreError> {
+        self.b().token_by_id(id)
+    }
+
+    // ---- service mode: recordings ----
+
+    /// Creates a recording, or with an idempotency key already used by this token returns that
+    /// recording (`false`: not new).
+    pub fn create_recording(&self, new: &NewRecording) -> Result<(RecordingRow, bool), StoreError> {
+        self.b().create_recording(new, now_ms())
+    }
+
+    pub fn get_recording(&self, id: &str) -> Result<Option<RecordingRow>, StoreError> {
+        self.b().get_recording(id)
+    }
+
+    pub fn set_upload_length(&self, id: &str, length: i64) -> Result<(), StoreError> {
+        self.b().set_upload_length(id, length)
+    }
+
+    /// After the bytes are on disk: the new offset and when the upload now expires.
+    pub fn set_bytes_received(
+        &self,
+        id: &str,
+        bytes: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.b().set_bytes_received(id, bytes, expires_at_ms)
+    }
+
+    pub fn set_recording_state(&self, id: &str, state: RecordingState) -> Result<(), StoreError> {
+        self.b().set_recording_state(id, state)
+    }
+
+    pub fn set_audit_progress(
+        &self,
+        id: &str,
+        media_ms: i64,
+        findings_json: &str,
+    ) -> Result<(), StoreError> {
+        self.b().set_audit_progress(id, media_ms, findings_json)
+    }
+
+    /// Links the final verdict and marks the recording audited, once: `false` if it already was.
+    pub fn set_verdict_key(&self, id: &str, key: &str) -> Result<bool, StoreError> {
+        self.b().set_verdict_key(id, key)
+    }
+
+    /// Uploads of this token still receiving bytes.
+    pub fn count_uploading(&self, token_id: i64) -> Result<i64, StoreError> {
+        self.b().count_uploading(token_id)
+    }
+
+    /// Uploads still receiving whose expiry passed.
+    pub fn expired_uploads(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.b().expired_uploads(now_ms)
+    }
+
+    // ---- service mode: durable jobs ----
+
+    /// One audit job per recording; `false` if it already has one.
+    pub fn enqueue_job(&self, recording_id: &str) -> Result<bool, StoreError> {
+        self.b().enqueue_job(recording_id, now_ms())
+    }
+
+    /// Takes the oldest queued job, or one whose lease ran out (its worker died), for `lease_ms`.
+    pub fn claim_job(
+        &self,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<JobRow>, StoreError> {
+        self.b().claim_job(worker, now_ms, lease_ms)
+    }
+
+    /// Extends the lease; `false` if the job is no longer this worker's.
+    pub fn heartbeat(
+        &self,
+        job_id: i64,
+        worker: &str,
+        lease_until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.b().heartbeat(job_id, worker, lease_until_ms)
+    }
+
+    /// Marks the job done (or failed with `error`); `false` if it is no longer this worker's.
+    pub fn finish_job(
+        &self,
+        job_id: i64,
+        worker: &str,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.b().finish_job(job_id, worker, error)
+    }
+
+    /// Jobs queued or running.
+    pub fn queue_depth(&self) -> Result<i64, StoreError> {
+        self.b().queue_depth()
+    }
+
+    // ---- service mode: webhook deliveries ----
+
+    /// One delivery per event id; `false` if the event was already queued.
+    pub fn enqueue_delivery(
+        &self,
+        event_id: &str,
+        token_id: i64,
+        recording_id: &str,
+        url: &str,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        self.b()
+            .enqueue_delivery(event_id, token_id, recording_id, url, body, now_ms())
+    }
+
+    pub fn due_deliveries(&self, now_ms: i64, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.b().due_deliveries(now_ms, limit)
+    }
+
+    pub fn delivery_done(&self, id: i64) -> Result<(), StoreError> {
+        self.b().delivery_done(id)
+    }
+
+    pub fn delivery_failed(
+        &self,
+        id: i64,
+        next_at_ms: Option<i64>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.b().delivery_failed(id, next_at_ms, error)
     }
 }

@@ -1,0 +1,273 @@
+//! Audit workers: take a durable job, audit the recording from its persisted bytes while they
+//! grow, write the verdict once, queue the webhook. A job's lease is renewed by a heartbeat; a
+//! worker that dies (kill -9 of `serve`) stops renewing it and the job is taken again after
+//! restart, from the bytes on disk. The verdict row is keyed by content, policy and models, and
+//! the recording links it once, so a second run writes nothing twice.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::files::{End, GrowingReader};
+use super::Shared;
+use crate::audit::{self, AuditModels, AuditProgress, AuditRequest};
+use crate::ingest::{IngestError, Recording};
+use crate::policy::Policy;
+use crate::slice::Role;
+use crate::store::{JobRow, RecordingRow, RecordingState, Store, StoreError};
+
+/// How often a running audit's progress is written to the store at most.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+pub fn start(state: Shared, models: Arc<AuditModels>, policy: Arc<Policy>) {
+    for n in 0..state.config.audit_workers.max(1) {
+        let worker = format!("{}-{}-{n}", hostname(), std::process::id());
+        let (state, models, policy) = (state.clone(), models.clone(), policy.clone());
+        std::thread::Builder::new()
+            .name(format!("audit-{n}"))
+            .spawn(move || run(state, models, policy, worker))
+            .expect("spawning an audit worker");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "host".into())
+}
+
+fn run(state: Shared, models: Arc<AuditModels>, policy: Arc<Policy>, worker: String) {
+    let lease = state.config.job_lease.as_millis() as i64;
+    loop {
+        let job = match state
+            .store
+            .claim_job(&worker, crate::store::now_ms(), lease)
+        {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("claiming a job: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        tracing::info!(recording = %job.recording_id, attempt = job.attempts, "audit job taken");
+        let result = run_job(&state, &models, &policy, &worker, &job);
+        let error = result.as_ref().err().map(|e| e.to_string());
+        if let Some(e) = &error {
+            tracing::warn!(recording = %job.recording_id, "audit job failed: {e}");
+        }
+        match state.store.finish_job(job.id, &worker, error.as_deref()) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(recording = %job.recording_id, "job lease lost before it finished")
+            }
+            Err(e) => tracing::error!(recording = %job.recording_id, "finishing job: {e}"),
+        }
+        state.files.forget(&job.recording_id);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("recording {0} is not in the store")]
+    Missing(String),
+}
+
+/// Renews a job's lease until dropped.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(store: Arc<Store>, job: i64, worker: String, lease: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                let every = (lease / 3).max(Duration::from_millis(100));
+                let mut last = Instant::now();
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() >= every {
+                        last = Instant::now();
+                        let until = crate::store::now_ms() + lease.as_millis() as i64;
+                        if let Err(e) = store.heartbeat(job, &worker, until) {
+                            tracing::warn!("heartbeat: {e}");
+                        }
+                    }
+                }
+            })
+            .ok();
+        Heartbeat { stop, thread }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn end_of(row: &RecordingRow) -> End {
+    match row.state {
+        RecordingState::Uploading => End::Open,
+        RecordingState::Complete | RecordingState::Audited => End::Complete,
+        RecordingState::Expired => End::Expired,
+        RecordingState::Terminated => End::Terminated,
+    }
+}
+
+fn run_job(
+    state: &Shared,
+    models: &AuditModels,
+    policy: &Policy,
+    worker: &str,
+    job: &JobRow,
+) -> Result<(), JobError> {
+    let store = &state.store;
+    let id = job.recording_id.clone();
+    let row = store
+        .get_recording(&id)?
+        .ok_or_else(|| JobError::Missing(id.clone()))?;
+    if row.verdict_key.is_some() || row.state == RecordingState::Terminated {
+        return Ok(()); // Already final (a retried job), or deleted by the client.
+    }
+    let _heartbeat = Heartbeat::start(
+        store.clone(),
+        job.id,
+        worker.to_string(),
+        state.config.job_lease,
+    );
+    let path = state.files.path(&id);
+    let signal = state
+        .files
+        .signal(&id, row.bytes_received.max(0) as u64, end_of(&row));
+    let rec = Recording {
+        id: id.clone(),
+        source: format!("upload:{id}"),
+        path: path.clone(),
+    };
+    let templates = match &row.teacher_id {
+        Some(t) => store.templates_for(t, models.face_embedder.id())?,
+        None => Vec::new(),
+    };
+    if row.teacher_id.is_some() && templates.is_empty() {
+        tracing::warn!(recording = %id, "teacher not enrolled: identity is not checked");
+    }
+    let open_signal = signal.clone();
+    let open_path = path.clone();
+    let open: Arc<audit::OpenFn> = Arc::new(move || {
+        GrowingReader::open(&open_path, open_signal.clone())
+            .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
+            .map_err(|e| IngestError::Open {
+                path: "upload".into(),
+                reason: e.to_string(),
+            })
+    });
+    // Slices come many times a second, findings rarely: a new finding is written at once, the
+    // media time at most every PROGRESS_EVERY.
+    let last_write = Mutex::new((Instant::now() - PROGRESS_EVERY, 0usize));
+    let progress_store = store.clone();
+    let progress_id = id.clone();
+    let progress: Arc<audit::ProgressFn> = Arc::new(move |p: &AuditProgress| {
+        let mut last = last_write.lock().unwrap_or_else(|e| e.into_inner());
+        if last.0.elapsed() < PROGRESS_EVERY && p.findings.len() == last.1 {
+            return;
+        }
+        *last = (Instant::now(), p.findings.len());
+        let json = serde_json::to_string(&p.findings).unwrap_or_else(|_| "[]".into());
+        if let Err(e) = progress_store.set_audit_progress(&progress_id, p.media_ms as i64, &json) {
+            tracing::warn!(recording = %progress_id, "writing progress: {e}");
+        }
+    });
+    let out_dir = state.config.data_dir.join("recordings").join(&id);
+    let req = AuditRequest {
+        recording: &rec,
+        out_dir: out_dir.clone(),
+        templates,
+        role: row.role.as_deref().map(|r| {
+            if r == "desktop" {
+                Role::Desktop
+            } else {
+                Role::Camera
+            }
+        }),
+        workers: state.config.model_workers.max(1),
+        sequential: audit::Sequential::Off,
+        open: Some(open),
+        progress: Some(progress),
+    };
+    let started = Instant::now();
+    let outcome = audit::audit(models, policy, &req);
+    // How the upload ended decides what the result means.
+    let row = store
+        .get_recording(&id)?
+        .ok_or_else(|| JobError::Missing(id.clone()))?;
+    if row.state == RecordingState::Terminated {
+        tracing::info!(recording = %id, "upload terminated: no verdict");
+        return Ok(());
+    }
+    let (mut verdict, evidence) = match outcome {
+        Ok(o) => (o.verdict, o.evidence),
+        Err(e) => {
+            let sha = file_sha256(&path).unwrap_or_else(|_| "0".repeat(64));
+            (
+                audit::error_verdict(&rec, &sha, policy, models, e.to_string()),
+                Vec::new(),
+            )
+        }
+    };
+    if row.state == RecordingState::Expired && !verdict.recording.partial {
+        verdict.recording.partial = true;
+        verdict.recording.partial_reason =
+            Some(format!("upload expired after {} bytes", row.bytes_received));
+        if verdict.decision != crate::verdict::Decision::Error {
+            verdict.decision = crate::verdict::decide(policy, &verdict.findings, true);
+        }
+    }
+    let key = verdict.idempotency_key();
+    store.put_verdict_shared(&verdict)?;
+    let expires = policy.evidence.expires_at(time::OffsetDateTime::now_utc());
+    for rel in &evidence {
+        let p = out_dir.join(rel);
+        store.add_evidence_shared(
+            &p.to_string_lossy(),
+            &id,
+            row.teacher_id.as_deref(),
+            expires,
+        )?;
+    }
+    let findings_json = serde_json::to_string(&verdict.findings).unwrap_or_else(|_| "[]".into());
+    store.set_audit_progress(&id, verdict.recording.duration_ms as i64, &findings_json)?;
+    if store.set_verdict_key(&id, &key)? {
+        state.metrics.verdict(verdict.decision.as_str());
+        state
+            .metrics
+            .record_realtime(verdict.recording.duration_ms, started.elapsed());
+        super::webhook::queue(state, row.token_id, &id, &verdict)?;
+        tracing::info!(recording = %id, decision = verdict.decision.as_str(),
+            findings = verdict.findings.len(), partial = verdict.recording.partial, "verdict final");
+    } else {
+        tracing::info!(recording = %id, "verdict was already final; nothing written twice");
+    }
+    Ok(())
+}
+
+fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
