@@ -88,7 +88,7 @@ fn scan_with(c: &Ctx, policy: Option<&str>, flags: &[&str]) -> Result<Vec<OsStri
     let has_scan = c
         .help
         .lines()
-        .any(|l| l.trim_start().split_whitespace().next() == Some("scan"));
+        .any(|l| l.split_whitespace().next() == Some("scan"));
     if !has_scan {
         return Err("`classguard scan` does not exist in this build".into());
     }

@@ -930,7 +930,7 @@ fn proc_status(field: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/self/status").unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().split_whitespace().next()?.parse().ok())
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
 }
 

@@ -180,9 +180,12 @@ const SENTENCES: [&str; 8] = [
     "Thank you for listening and see you next time",
 ];
 
+/// A 16 kHz signal and the true speech bounds in it (ms).
+type SpeechTrack = (Vec<f32>, Vec<(u64, u64)>);
+
 /// The sentences separated by known silences; returns (signal, true speech bounds in ms).
-fn speech_track() -> &'static (Vec<f32>, Vec<(u64, u64)>) {
-    static T: OnceLock<(Vec<f32>, Vec<(u64, u64)>)> = OnceLock::new();
+fn speech_track() -> &'static SpeechTrack {
+    static T: OnceLock<SpeechTrack> = OnceLock::new();
     T.get_or_init(|| {
         let mut signal = vec![0.0f32; 16_000]; // 1 s lead-in
         let mut truth = Vec::new();

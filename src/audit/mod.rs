@@ -435,7 +435,7 @@ impl DesktopFaces {
     fn probe_next(&mut self) -> bool {
         let n = self.slices;
         self.slices += 1;
-        n < Self::FIRST || n % Self::EVERY == 0
+        n < Self::FIRST || n.is_multiple_of(Self::EVERY)
     }
 
     fn record(&mut self, pts: u64, faces: Option<usize>) {
@@ -498,7 +498,7 @@ pub fn audit(
         role: req.role,
         limits: slice_limits(policy),
         demux_limits: crate::demux::DemuxLimits {
-            max_tracks: policy.limits.max_tracks.max(1) as usize,
+            max_tracks: policy.limits.max_tracks.max(1),
             ..Default::default()
         },
         mic_path: Some(req.out_dir.join("mic.webm")),

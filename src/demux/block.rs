@@ -107,7 +107,7 @@ pub fn parse_block(data: &[u8]) -> Result<BlockHeader, BlockError> {
             }
             _ => {
                 let len = data.len() - pos;
-                if len % count != 0 {
+                if !len.is_multiple_of(count) {
                     return Err(BlockError::FixedLaceUneven { len, count });
                 }
                 sizes = vec![len / count; count - 1];
@@ -164,7 +164,7 @@ mod tests {
     fn xiph_lacing() {
         // 3 frames: sizes 2, 256 (255+1), rest 1.
         let mut data = vec![0x81, 0, 0, 0b0000_0010, 2, 2, 255, 1];
-        data.extend(std::iter::repeat(7).take(2 + 256 + 1));
+        data.extend(std::iter::repeat_n(7, 2 + 256 + 1));
         let b = parse_block(&data).unwrap();
         assert_eq!(
             b.frames.iter().map(|f| f.1).collect::<Vec<_>>(),

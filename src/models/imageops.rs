@@ -149,6 +149,8 @@ pub fn round_u8(v: f32) -> u8 {
 
 /// Solves `A x = b` (n ≤ 8) by Gaussian elimination with partial pivoting.
 /// Returns `None` for a singular system.
+// Gaussian elimination reads as the textbook does with row and column indices.
+#[allow(clippy::needless_range_loop)]
 pub fn solve<const N: usize>(mut a: [[f64; N]; N], mut b: [f64; N]) -> Option<[f64; N]> {
     for col in 0..N {
         let piv = (col..N).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;

@@ -11,6 +11,9 @@
 //! - `models/*.onnx` (+ Whisper's tokenizer and config)
 //! - `testdata/`, `reference/` (used by the integration tests)
 
+/// One float output of a raw run: (name, shape, data).
+pub type RawOutput = (String, Vec<usize>, Vec<f32>);
+
 pub mod embed;
 pub mod face;
 pub mod imageops;
@@ -507,10 +510,7 @@ impl SessionPool {
     /// Runs the model on raw named inputs and returns every float output as (name, shape,
     /// data). Used by tests and benchmarks to compare raw outputs with the reference runs
     /// and to time the bare `Session::run`; the typed wrappers use their own paths.
-    pub fn run_raw(
-        &self,
-        inputs: &[(&str, RawInput<'_>)],
-    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn run_raw(&self, inputs: &[(&str, RawInput<'_>)]) -> Result<Vec<RawOutput>> {
         let mut values = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
             let v = match input {

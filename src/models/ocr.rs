@@ -753,10 +753,7 @@ mod tests {
         let (text, conf) = ctc_greedy(&probs, steps.len(), 4, &charset);
         assert_eq!(text, "aab ");
         assert!((conf - 0.9).abs() < 1e-6);
-        assert_eq!(
-            ctc_greedy(&vec![0.0; 0], 0, 4, &charset),
-            (String::new(), 0.0)
-        );
+        assert_eq!(ctc_greedy(&[], 0, 4, &charset), (String::new(), 0.0));
     }
 
     #[test]

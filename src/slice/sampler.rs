@@ -13,6 +13,8 @@ pub enum KeepReason {
     MaxGap,
 }
 
+// One sampler per track, made once: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Sampler {
     Interval {
         interval_ms: i64,
