@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::findings;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -71,15 +73,6 @@ fn validate(v: &Value) {
         errors.is_empty(),
         "verdict does not match the schema: {errors:?}"
     );
-}
-
-fn findings<'a>(v: &'a Value, label: &str) -> Vec<&'a Value> {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["label"] == label)
-        .collect()
 }
 
 fn ms(v: &Value) -> u64 {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::findings;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -64,15 +66,6 @@ fn scan(dir: &Path, store: &Path, args: &[&str]) -> Scan {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
         .collect();
     Scan { out, verdicts }
-}
-
-fn findings<'a>(v: &'a Value, label: &str) -> Vec<&'a Value> {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["label"] == label)
-        .collect()
 }
 
 fn enroll(store: &Path, teacher: &str, photo: &Path) {

@@ -489,6 +489,8 @@ pub fn audit(
     let started = Instant::now();
     std::fs::create_dir_all(&req.out_dir)
         .map_err(|e| slice::SliceError::Io(format!("{}: {e}", req.out_dir.display())))?;
+    // A run killed mid-write leaves its temp files; the caller holds this recording's lock.
+    crate::sink::remove_stale_temps(&req.out_dir);
     // Test only: one stage of this recording fails (CLASSGUARD_FAULT, see crate::fault).
     let fault = crate::fault::take();
     // The one-thing-at-a-time baseline: decoding waits while the models run.

@@ -52,6 +52,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     Ok(())
 }
 
+/// Removes the temp files a killed run left in `dir` (`.NAME.PID.tmp` from [`write_atomic`] and
+/// the microphone writer). Only call it while holding the recording's lock: then no live writer
+/// owns a temp file there. Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with('.') && n.ends_with(".tmp") && e.path().is_file()
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Puts a finished temp file in place: fsync the file, rename it over `path`, then fsync the
 /// folder so the rename itself is durable. `tmp` must be in the same folder as `path`.
 pub fn commit(tmp: &Path, path: &Path) -> std::io::Result<()> {
@@ -91,4 +109,21 @@ pub fn write_jpeg_atomic(
             reason: e.to_string(),
         })?;
     write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temps_go_and_finished_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(&dir.path().join("verdict.json"), b"{}").unwrap();
+        std::fs::write(dir.path().join(".mic.webm.4242.tmp"), b"half").unwrap();
+        std::fs::write(dir.path().join("notes.tmp"), b"not ours").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()), 1);
+        assert!(dir.path().join("verdict.json").exists());
+        assert!(dir.path().join("notes.tmp").exists());
+        assert!(!dir.path().join(".mic.webm.4242.tmp").exists());
+    }
 }

@@ -43,3 +43,13 @@ pub fn conformance_dir() -> Option<PathBuf> {
         None
     }
 }
+
+/// The findings of a verdict (as JSON) with this label.
+pub fn findings<'a>(v: &'a serde_json::Value, label: &str) -> Vec<&'a serde_json::Value> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["label"] == label)
+        .collect()
+}
