@@ -233,7 +233,7 @@ fn run_job(
         verdict.recording.partial_reason =
             Some(format!("upload expired after {} bytes", row.bytes_received));
         if verdict.decision != crate::verdict::Decision::Error {
-            verdict.decision = crate::verdict::decide(policy, &verdict.findings, true);
+            verdict.decision = crate::policy::decide(policy, &verdict.findings, true);
         }
     }
     let key = verdict.idempotency_key();

@@ -325,7 +325,7 @@ impl Backend for SqliteBackend {
                 stmt.execute(params![
                     verdict_id,
                     verdict.recording.id,
-                    f.label,
+                    f.label.as_str(),
                     f.severity.as_str(),
                     f.track.as_str(),
                     to_i64(f.start_ms),
