@@ -88,7 +88,7 @@ impl PgDb {
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let mut admin = postgres::Client::connect(PG_ADMIN, postgres::NoTls)
+        let mut admin = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls)
             .expect("PostgreSQL on 127.0.0.1:5432 (scripts/setup starts it)");
         admin
             .batch_execute(&format!(
@@ -104,7 +104,7 @@ impl PgDb {
 
 impl Drop for PgDb {
     fn drop(&mut self) {
-        if let Ok(mut admin) = postgres::Client::connect(PG_ADMIN, postgres::NoTls) {
+        if let Ok(mut admin) = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls) {
             let _ = admin.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
@@ -370,7 +370,7 @@ fn webhook_deliveries_once_per_event_with_retries(store: &mut Store) {
 fn postgres_refuses_a_store_from_a_newer_build() {
     let db = PgDb::new();
     drop(Store::connect(&db.url).unwrap());
-    let mut c = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let mut c = ::postgres::Client::connect(&db.url, ::postgres::NoTls).unwrap();
     c.batch_execute("UPDATE classguard_schema SET version = 99")
         .unwrap();
     assert!(matches!(
