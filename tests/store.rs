@@ -90,10 +90,13 @@ impl PgDb {
         );
         let mut admin = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls)
             .expect("PostgreSQL on 127.0.0.1:5432 (scripts/setup starts it)");
+        // One statement per call: several in one batch run as one transaction, which
+        // DROP/CREATE DATABASE refuse.
         admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-            ))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
         PgDb {
             url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
