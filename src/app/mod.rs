@@ -3,6 +3,6 @@
 pub mod enroll;
 pub mod models_cmd;
 pub mod scan;
-pub mod slice_cmd;
 pub mod serve;
+pub mod slice_cmd;
 pub mod token;
