@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
 use classguard::app::{enroll, models_cmd, scan, serve, slice_cmd, token};
-use classguard::audit;
 use classguard::ingest;
 use classguard::inspect::{self, InspectOptions};
 use classguard::policy::Policy;
@@ -63,11 +62,6 @@ enum Command {
         /// SQLite store (default: $CLASSGUARD_STORE or the XDG data directory).
         #[arg(long, env = "CLASSGUARD_STORE")]
         store: Option<PathBuf>,
-        /// Benchmark baseline (docs/benchmarks.md): `strict` (the default) runs one thing at a
-        /// time on one thread; `models` only runs the models one after another.
-        #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "strict",
-              value_parser = ["strict", "models"])]
-        sequential: Option<String>,
     },
     /// Store a teacher's face template from verified photos (one face per photo; photos are not kept).
     Enroll {
@@ -230,7 +224,6 @@ fn main() -> ExitCode {
             jobs,
             workers,
             store,
-            sequential,
         } => {
             let opts = scan::ScanOptions {
                 inputs,
@@ -243,11 +236,6 @@ fn main() -> ExitCode {
                 jobs,
                 workers,
                 jsonl,
-                sequential: match sequential.as_deref() {
-                    None => audit::Sequential::Off,
-                    Some("models") => audit::Sequential::Models,
-                    Some(_) => audit::Sequential::Strict,
-                },
             };
             run_scan(&opts)
         }

@@ -243,6 +243,9 @@ pub struct RecordingInfo {
     pub duration_ms: u64,
     /// Part of the recording could not be audited (damaged file, a limit hit, a track missing).
     pub partial: bool,
+    /// The enrolled teacher the camera was checked against (an opaque id, never a name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,10 +321,14 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Same recording bytes + same policy + same model files => same key, whatever the run's timing,
-    /// source path or creation time. The store uses it to make re-runs write nothing new.
+    /// Same recording, bytes, teacher, policy and model files => same key, whatever the run's
+    /// timing, source path or creation time. The store uses it to make re-runs write nothing
+    /// new; two recordings with the same bytes (or one checked against another teacher) are
+    /// audited, and stored, each in their own right.
     pub fn idempotency_key(&self) -> String {
         idempotency_key(
+            &self.recording.id,
+            self.recording.teacher_id.as_deref(),
             &self.recording.sha256,
             &self.policy.fingerprint,
             self.models.iter().map(|m| m.sha256.as_str()),
@@ -330,8 +337,11 @@ impl Verdict {
 }
 
 /// The key of a verdict from what produced it, computable before auditing (to skip work that is
-/// already done): content sha256, policy fingerprint and the model files' hashes in any order.
+/// already done): recording id, teacher checked against, content sha256, policy fingerprint and
+/// the model files' hashes in any order.
 pub fn idempotency_key<'a>(
+    recording_id: &str,
+    teacher_id: Option<&str>,
     recording_sha256: &str,
     policy_fingerprint: &str,
     model_hashes: impl Iterator<Item = &'a str>,
@@ -340,7 +350,11 @@ pub fn idempotency_key<'a>(
     hashes.sort_unstable();
     hashes.dedup();
     let mut h = Sha256::new();
-    h.update(b"classguard-verdict-v1\n");
+    h.update(b"classguard-verdict-v2\n");
+    h.update(recording_id.as_bytes());
+    h.update(b"\n");
+    h.update(teacher_id.unwrap_or("").as_bytes());
+    h.update(b"\n");
     h.update(recording_sha256.as_bytes());
     h.update(b"\n");
     h.update(policy_fingerprint.as_bytes());
@@ -383,6 +397,7 @@ mod tests {
                 sha256: "ab".repeat(32),
                 duration_ms: 1000,
                 partial: false,
+                teacher_id: None,
                 partial_reason: None,
                 error: None,
             },
@@ -415,6 +430,12 @@ mod tests {
         v.created_at = "2000-01-01T00:00:00Z".into();
         assert_eq!(k1, v.idempotency_key());
         v.models[0].sha256 = "33".repeat(32);
-        assert_ne!(k1, v.idempotency_key());
+        let k2 = v.idempotency_key();
+        assert_ne!(k1, k2);
+        v.recording.teacher_id = Some("t-2".into());
+        assert_ne!(k2, v.idempotency_key(), "another teacher is another audit");
+        v.recording.teacher_id = None;
+        v.recording.id = "r2".into();
+        assert_ne!(k2, v.idempotency_key(), "same bytes, another recording");
     }
 }

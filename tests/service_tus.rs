@@ -1,9 +1,11 @@
 //! Service mode end to end: a real `classguard serve` (real models), a real tus client we did not
 //! write (tuspy, installed by scripts/setup), the browser fixtures in MediaRecorder-sized chunks.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::serve::{http, Serve};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
@@ -30,69 +32,11 @@ fn python() -> PathBuf {
     py
 }
 
-struct Serve {
-    child: Child,
-    base: String,
-    dir: PathBuf,
-    db: String,
+trait TusPy {
+    fn client(&self, scenario: &str, token: &str, file: &Path, chunk: usize) -> serde_json::Value;
 }
 
-impl Serve {
-    /// Starts `serve` on a free loopback port with its own SQLite store and data dir.
-    fn start(dir: &Path, extra: &[&str]) -> Serve {
-        let db = dir.join("store.sqlite").to_string_lossy().into_owned();
-        Self::start_with(dir, &db, extra)
-    }
-
-    fn start_with(dir: &Path, db: &str, extra: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_classguard"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database",
-                db,
-                "--data-dir",
-            ])
-            .arg(dir.join("data"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
-            .to_string();
-        Serve {
-            child,
-            base,
-            dir: dir.to_path_buf(),
-            db: db.to_string(),
-        }
-    }
-
-    fn token(&self, name: &str) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_classguard"))
-            .args(["token", "create", "--name", name, "--database", &self.db])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("token: "))
-            .unwrap()
-            .to_string()
-    }
-
+impl TusPy for Serve {
     fn client(&self, scenario: &str, token: &str, file: &Path, chunk: usize) -> serde_json::Value {
         let out = Command::new(python())
             .arg(root().join("tests/clients/tus_client.py"))
@@ -111,47 +55,6 @@ impl Serve {
     }
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 request by hand (curl is not guaranteed on CI machines; this checks our headers).
-fn http(
-    base: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
 fn verdict_decision(v: &serde_json::Value) -> &str {
     v["verdict"]["decision"].as_str().unwrap_or("?")
 }
@@ -167,6 +70,27 @@ fn tus_client_uploads_resumes_and_fails_cleanly() {
     let clean = serve.client("upload", &token, &fixture("camera-vp8-opus.webm"), 16_384);
     assert_eq!(verdict_decision(&clean), "pass", "{clean}");
     assert_eq!(clean["verdict"]["recording"]["partial"], false);
+
+    // The same clean recording, to be checked against a teacher nobody enrolled: never `pass`.
+    let unknown = serve.client(
+        "unknown-teacher",
+        &token,
+        &fixture("camera-vp8-opus.webm"),
+        16_384,
+    );
+    assert_ne!(verdict_decision(&unknown), "pass", "{unknown}");
+    assert_eq!(unknown["verdict"]["recording"]["partial"], true);
+    assert!(
+        unknown["verdict"]["recording"]["partial_reason"]
+            .as_str()
+            .unwrap()
+            .contains("not enrolled"),
+        "{unknown}"
+    );
+    assert_eq!(
+        unknown["verdict"]["recording"]["teacher_id"],
+        "t-never-enrolled"
+    );
 
     // Interrupted mid-chunk, resumed from HEAD.
     let r = serve.client("resume", &token, &fixture("camera-vp9-opus.webm"), 16_384);

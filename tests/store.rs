@@ -53,6 +53,7 @@ fn verdict(recording: &str, findings: usize) -> Verdict {
             sha256: sha(recording),
             duration_ms: 60_000,
             partial: false,
+            teacher_id: None,
             partial_reason: None,
             error: None,
         },

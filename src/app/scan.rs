@@ -18,7 +18,6 @@ use crate::audit::{self, AuditModels, AuditRequest};
 use crate::ingest::{self, Recording};
 use crate::models::ModelHome;
 use crate::policy::Policy;
-use crate::sink::write_json_atomic;
 use crate::slice::Role;
 use crate::store::Store;
 use crate::verdict::{Decision, Verdict};
@@ -38,9 +37,6 @@ pub struct ScanOptions {
     pub workers: usize,
     /// Print each verdict as one JSON line on stdout.
     pub jsonl: bool,
-    /// Benchmark baseline: every slice's models inline on the dispatching thread, speech after
-    /// the video (see [`audit::Sequential`]). Hidden on the command line.
-    pub sequential: audit::Sequential,
 }
 
 /// Problems with the command line or the set-up rather than with a recording (exit code 2).
@@ -321,12 +317,8 @@ pub fn run(
     // One session per model per recording in flight: a recording's workers share them (they rarely
     // want the same model at once: the models are busy a fraction of the wall time, see
     // docs/benchmarks.md), and every extra session is another copy of the weights in memory.
-    let models = if opts.sequential == audit::Sequential::Strict {
-        AuditModels::load_one_thread(&policy, &home)
-    } else {
-        AuditModels::load(&policy, &home, jobs)
-    };
-    let models = models.map_err(|e| ScanSetupError::Models(e.to_string()))?;
+    let models = AuditModels::load(&policy, &home, jobs)
+        .map_err(|e| ScanSetupError::Models(e.to_string()))?;
     let templates = match &opts.teacher {
         Some(t) => {
             let model = models.face_embedder.id();
@@ -415,6 +407,8 @@ fn scan_one(
     };
     let uses = models.uses();
     let key = crate::verdict::idempotency_key(
+        &rec.id,
+        opts.teacher.as_deref(),
         &sha,
         &policy.fingerprint(),
         uses.iter().map(|m| m.sha256.as_str()),
@@ -449,10 +443,10 @@ fn scan_one(
     let req = AuditRequest {
         recording: rec,
         out_dir: dir.clone(),
+        teacher_id: opts.teacher.clone(),
         templates: templates.to_vec(),
         role: opts.role,
         workers,
-        sequential: opts.sequential,
         open: None,
         progress: None,
     };
@@ -463,33 +457,36 @@ fn scan_one(
             eprintln!("error: {msg}");
             warn!(recording = %rec.id, "audit failed");
             (
-                audit::error_verdict(rec, &sha, policy, models, e.to_string()),
+                audit::error_verdict(
+                    rec,
+                    opts.teacher.as_deref(),
+                    &sha,
+                    policy,
+                    models,
+                    e.to_string(),
+                ),
                 Vec::new(),
             )
         }
     };
-    if let Err(e) = write_json_atomic(&verdict_path, &verdict) {
+    let committed = {
+        let store = store.lock().unwrap_or_else(|p| p.into_inner());
+        crate::sink::commit_audit(
+            &store,
+            &crate::sink::AuditRecord {
+                out_dir: &dir,
+                verdict: &verdict,
+                evidence: &evidence,
+                teacher_id: opts.teacher.as_deref(),
+                expires_at: policy.evidence.expires_at(time::OffsetDateTime::now_utc()),
+            },
+        )
+    };
+    if let Err(e) = committed {
+        warn!(recording = %rec.id, "commit failed: {e}");
         row.error = Some(e.to_string());
         drop(lock);
         return (row, Some(verdict));
-    }
-    {
-        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = store.put_verdict(&verdict) {
-            warn!(recording = %rec.id, "store write failed: {e}");
-        }
-        let expires = policy.evidence.expires_at(time::OffsetDateTime::now_utc());
-        for rel in &evidence {
-            let path = dir.join(rel);
-            if let Err(e) = store.add_evidence(
-                &path.to_string_lossy(),
-                &rec.id,
-                opts.teacher.as_deref(),
-                expires,
-            ) {
-                warn!(recording = %rec.id, "evidence registration failed: {e}");
-            }
-        }
     }
     drop(lock);
     info!(recording = %rec.id, decision = verdict.decision.as_str(), findings = verdict.findings.len(), "audited");

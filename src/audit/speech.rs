@@ -17,7 +17,7 @@ use super::AuditModels;
 use crate::models::vad::SpeechSegment;
 use crate::models::whisper::{self, AudioJob, Transcript, TranscriptSegment};
 use crate::policy::Policy;
-use crate::slice::{AudioChunk, Turn};
+use crate::slice::AudioChunk;
 use crate::verdict::{Evidence, Finding, ModelRef, Track};
 
 const RATE: u64 = 16_000;
@@ -124,14 +124,13 @@ const GAP_TOLERANCE_MS: u64 = 60;
 /// Silence is fed in pieces of this many samples (one second), so a long gap is never held whole.
 const GAP_PIECE: usize = RATE as usize;
 
-/// `turn`: held while each chunk is analysed (the sequential baselines take turns with the
-/// models). `fault`: test only ([`crate::fault`]), panics on the first audio.
+/// Runs the speech stage until the audio channel closes. `fault`: test only
+/// ([`crate::fault`]), panics on the first audio.
 pub fn run(
     models: &AuditModels,
     policy: &Policy,
     rx: Receiver<AudioChunk>,
     ev: &mut EvidenceSink,
-    turn: Option<&Turn>,
     fault: bool,
 ) -> SpeechResult {
     let mut r = SpeechResult::default();
@@ -155,7 +154,6 @@ pub fn run(
         let next = rx.recv();
         waited += wait_t0.elapsed();
         let Ok(chunk) = next else { break };
-        let _turn = turn.map(Turn::hold);
         if fault {
             panic!("speech: injected fault (test only)");
         }

@@ -77,6 +77,8 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("recording {0} is not in the store")]
     Missing(String),
+    #[error("{0}")]
+    Commit(#[from] crate::sink::SinkError),
 }
 
 /// Renews a job's lease until dropped.
@@ -162,8 +164,9 @@ fn run_job(
         Some(t) => store.templates_for(t, models.face_embedder.id())?,
         None => Vec::new(),
     };
-    if row.teacher_id.is_some() && templates.is_empty() {
-        tracing::warn!(recording = %id, "teacher not enrolled: identity is not checked");
+    let not_enrolled = row.teacher_id.is_some() && templates.is_empty();
+    if not_enrolled {
+        tracing::warn!(recording = %id, "teacher not enrolled: the verdict will be partial");
     }
     let open_signal = signal.clone();
     let open_path = path.clone();
@@ -195,6 +198,7 @@ fn run_job(
     let req = AuditRequest {
         recording: &rec,
         out_dir: out_dir.clone(),
+        teacher_id: row.teacher_id.clone(),
         templates,
         role: row.role.as_deref().map(|r| {
             if r == "desktop" {
@@ -204,7 +208,6 @@ fn run_job(
             }
         }),
         workers: state.config.model_workers.max(1),
-        sequential: audit::Sequential::Off,
         open: Some(open),
         progress: Some(progress),
     };
@@ -223,31 +226,50 @@ fn run_job(
         Err(e) => {
             let sha = file_sha256(&path).unwrap_or_else(|_| "0".repeat(64));
             (
-                audit::error_verdict(&rec, &sha, policy, models, e.to_string()),
+                audit::error_verdict(
+                    &rec,
+                    row.teacher_id.as_deref(),
+                    &sha,
+                    policy,
+                    models,
+                    e.to_string(),
+                ),
                 Vec::new(),
             )
         }
     };
-    if row.state == RecordingState::Expired && !verdict.recording.partial {
+    // What the audit itself could not know also keeps the recording from `pass`.
+    let mut incomplete = audit::Incomplete::default();
+    if row.state == RecordingState::Expired {
+        incomplete.add(format!("upload expired after {} bytes", row.bytes_received));
+    }
+    if let (Some(t), true) = (&row.teacher_id, not_enrolled) {
+        incomplete.add(format!(
+            "teacher {t} is not enrolled: the camera was not checked against them"
+        ));
+    }
+    if let Some(why) = incomplete.reason() {
         verdict.recording.partial = true;
-        verdict.recording.partial_reason =
-            Some(format!("upload expired after {} bytes", row.bytes_received));
+        let reason = match verdict.recording.partial_reason.take() {
+            Some(r) => format!("{r}; {why}"),
+            None => why,
+        };
+        verdict.recording.partial_reason = Some(reason);
         if verdict.decision != crate::verdict::Decision::Error {
             verdict.decision = crate::policy::decide(policy, &verdict.findings, true);
         }
     }
     let key = verdict.idempotency_key();
-    store.put_verdict_shared(&verdict)?;
-    let expires = policy.evidence.expires_at(time::OffsetDateTime::now_utc());
-    for rel in &evidence {
-        let p = out_dir.join(rel);
-        store.add_evidence_shared(
-            &p.to_string_lossy(),
-            &id,
-            row.teacher_id.as_deref(),
-            expires,
-        )?;
-    }
+    crate::sink::commit_audit(
+        store,
+        &crate::sink::AuditRecord {
+            out_dir: &out_dir,
+            verdict: &verdict,
+            evidence: &evidence,
+            teacher_id: row.teacher_id.as_deref(),
+            expires_at: policy.evidence.expires_at(time::OffsetDateTime::now_utc()),
+        },
+    )?;
     let findings_json = serde_json::to_string(&verdict.findings).unwrap_or_else(|_| "[]".into());
     store.set_audit_progress(&id, verdict.recording.duration_ms as i64, &findings_json)?;
     if store.set_verdict_key(&id, &key)? {

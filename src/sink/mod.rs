@@ -1,6 +1,7 @@
-//! Sinks: where results land on disk. Every file is written atomically (temp file, fsync, rename,
+//! Sinks: where results land. Every file is written atomically (temp file, fsync, rename,
 //! fsync of the folder), so a crash never leaves a half-written verdict, evidence file or
-//! microphone file behind, and a renamed file survives a power loss.
+//! microphone file behind, and a renamed file survives a power loss. [`commit_audit`] is the one
+//! place an audit's results are committed, for the CLI and the service alike.
 
 pub mod slices;
 
@@ -16,6 +17,8 @@ pub enum SinkError {
     },
     #[error("{path}: {reason}")]
     Encode { path: String, reason: String },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl SinkError {
@@ -93,6 +96,46 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
+}
+
+/// File name of the extracted microphone in a recording's output folder.
+pub const MIC_FILE: &str = "mic.webm";
+/// File name of the verdict in a recording's output folder.
+pub const VERDICT_FILE: &str = "verdict.json";
+
+/// One audit's results, ready to commit.
+pub struct AuditRecord<'a> {
+    /// The recording's output folder (evidence files and the microphone are already there).
+    pub out_dir: &'a Path,
+    pub verdict: &'a crate::verdict::Verdict,
+    /// Evidence files the audit wrote, relative to `out_dir`.
+    pub evidence: &'a [String],
+    /// Whose face or voice the files may hold: erasing this teacher deletes them.
+    pub teacher_id: Option<&'a str>,
+    pub expires_at: time::OffsetDateTime,
+}
+
+/// Commits an audit: the verdict, its findings and a retention row for every file that holds
+/// the class's faces or voices (evidence and the extracted microphone) in one store
+/// transaction, then `verdict.json`, written last and atomically: a verdict file on disk means
+/// everything before it is committed. Idempotent: committing the same verdict twice changes
+/// nothing but the rows' expiry. Returns whether the verdict was new to the store.
+pub fn commit_audit(store: &crate::store::Store, rec: &AuditRecord<'_>) -> Result<bool, SinkError> {
+    let mut files: Vec<&str> = rec.evidence.iter().map(String::as_str).collect();
+    if rec.out_dir.join(MIC_FILE).is_file() {
+        files.push(MIC_FILE);
+    }
+    let entries: Vec<crate::store::EvidenceEntry> = files
+        .into_iter()
+        .map(|rel| crate::store::EvidenceEntry {
+            path: rec.out_dir.join(rel).to_string_lossy().into_owned(),
+            teacher_id: rec.teacher_id.map(str::to_string),
+            expires_at: rec.expires_at.unix_timestamp(),
+        })
+        .collect();
+    let new = store.record_verdict(rec.verdict, &entries)?;
+    write_json_atomic(&rec.out_dir.join(VERDICT_FILE), rec.verdict)?;
+    Ok(new)
 }
 
 /// Encodes an RGB image as JPEG and writes it atomically.

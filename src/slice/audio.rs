@@ -11,8 +11,8 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use super::gst_pipeline::{init, make_element, wait_for_turn, BusState, OwnedPipeline};
-use super::{SliceError, Turn};
+use super::gst_pipeline::{init, make_element, BusState, OwnedPipeline};
+use super::SliceError;
 use crate::demux::codec::split_xiph_headers;
 use crate::demux::{Codec, Frame, TrackInfo};
 use crate::mux::{TrackSpec, WebmWriter};
@@ -74,7 +74,7 @@ pub struct AudioOutput {
 }
 
 impl AudioDecoder {
-    pub fn new(track: &TrackInfo, turn: Option<Turn>) -> Result<(Self, AudioOutput), SliceError> {
+    pub fn new(track: &TrackInfo) -> Result<(Self, AudioOutput), SliceError> {
         init()?;
         let (rate, channels) = track
             .audio
@@ -131,7 +131,6 @@ impl AudioDecoder {
             }
             ref other => return Err(SliceError::UnsupportedCodec(other.name().to_string())),
         };
-        wait_for_turn(&decoder, turn)?;
         let pipeline = OwnedPipeline::new(&format!("audio-track-{}", track.number));
         let src = gst_app::AppSrc::builder()
             .caps(&caps)

@@ -6,20 +6,7 @@ use std::sync::OnceLock;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::{SliceError, Turn};
-
-/// Makes `element` wait for `turn` before it takes each buffer (see [`Turn`]).
-pub fn wait_for_turn(element: &gst::Element, turn: Option<Turn>) -> Result<(), SliceError> {
-    let Some(turn) = turn else { return Ok(()) };
-    let pad = element
-        .static_pad("sink")
-        .ok_or_else(|| SliceError::Gstreamer(format!("{} has no sink pad", element.name())))?;
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-        turn.wait();
-        gst::PadProbeReturn::Ok
-    });
-    Ok(())
-}
+use super::SliceError;
 
 /// Initialises GStreamer once per process.
 pub fn init() -> Result<(), SliceError> {

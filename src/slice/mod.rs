@@ -61,25 +61,6 @@ pub enum SliceError {
     Cancelled,
 }
 
-/// One turn on the CPU, for the one-thing-at-a-time benchmark baseline (`scan --sequential`):
-/// its models hold the turn while they run, and the decoders and the video puller wait for it
-/// before each buffer, so decoding, conversion and inference never overlap. Production
-/// slicing has none.
-#[derive(Clone, Debug, Default)]
-pub struct Turn(Arc<Mutex<()>>);
-
-impl Turn {
-    /// Takes the turn until the guard drops.
-    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Returns once nobody holds the turn.
-    pub fn wait(&self) {
-        drop(self.hold());
-    }
-}
-
 /// What a track shows. Camera and desktop arrive as separate recordings in practice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -175,8 +156,6 @@ pub struct SliceOptions {
     pub stall_timeout: Duration,
     /// Capacity of the output channel (slices and audio chunks).
     pub channel_capacity: usize,
-    /// Decoding and conversion wait for this turn (the sequential baseline); `None`: never.
-    pub turn: Option<Turn>,
     /// Test only ([`crate::fault`]): the video decoders fail on their first frame.
     pub fault_decoder: bool,
 }
@@ -194,7 +173,6 @@ impl Default for SliceOptions {
             decoder_threads: 2,
             stall_timeout: Duration::from_secs(15),
             channel_capacity: 8,
-            turn: None,
             fault_decoder: false,
         }
     }
@@ -578,8 +556,7 @@ impl Run {
     }
 
     fn video_route(&self, track: &TrackInfo) -> Result<VideoRoute, SliceError> {
-        let (decoder, output) =
-            video::VideoDecoder::new(track, self.opts.decoder_threads, self.opts.turn.clone())?;
+        let (decoder, output) = video::VideoDecoder::new(track, self.opts.decoder_threads)?;
         let (mut sampler, max_side, mode) = match self.role {
             Role::Desktop => {
                 let c = &self.opts.sampling.desktop;
@@ -596,7 +573,6 @@ impl Run {
         let cancel = self.cancel.clone();
         let (role, number, stall) = (self.role, track.number, self.opts.stall_timeout);
         let limits = self.opts.limits;
-        let turn = self.opts.turn.clone();
         let puller = std::thread::Builder::new()
             .name(format!("video-{number}"))
             .spawn(move || {
@@ -611,9 +587,6 @@ impl Run {
                 };
                 let mut busy = Duration::ZERO;
                 let outcome = output.run(stall, |frame| {
-                    if let Some(t) = &turn {
-                        t.wait();
-                    }
                     let t0 = Instant::now();
                     let (w, h) = (frame.planes.width, frame.planes.height);
                     if r.sizes.last() != Some(&(w, h)) {
@@ -689,7 +662,7 @@ impl Run {
             None => None,
         };
         let (decoder, puller) = if self.opts.decode_audio {
-            let (decoder, output) = audio::AudioDecoder::new(track, self.opts.turn.clone())?;
+            let (decoder, output) = audio::AudioDecoder::new(track)?;
             let tx = self.tx.clone();
             let cancel = self.cancel.clone();
             let stall = self.opts.stall_timeout;

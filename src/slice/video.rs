@@ -16,8 +16,8 @@ use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
 use super::frame::I420;
-use super::gst_pipeline::{init, make_element, wait_for_turn, BusState, OwnedPipeline};
-use super::{SliceError, Turn};
+use super::gst_pipeline::{init, make_element, BusState, OwnedPipeline};
+use super::SliceError;
 use crate::demux::{Codec, Frame, TrackInfo};
 
 /// Feeding side, owned by the demux thread.
@@ -87,11 +87,7 @@ fn caps_for(track: &TrackInfo) -> Result<(gst::Caps, Vec<&'static str>, &'static
 }
 
 impl VideoDecoder {
-    pub fn new(
-        track: &TrackInfo,
-        threads: u32,
-        turn: Option<Turn>,
-    ) -> Result<(Self, VideoOutput), SliceError> {
+    pub fn new(track: &TrackInfo, threads: u32) -> Result<(Self, VideoOutput), SliceError> {
         init()?;
         let (caps, decoders, package) = caps_for(track)?;
         let pipeline = OwnedPipeline::new(&format!("video-track-{}", track.number));
@@ -109,7 +105,6 @@ impl VideoDecoder {
         } else if threads > 0 && decoder.find_property("max-threads").is_some() {
             decoder.set_property_from_str("max-threads", &threads.to_string());
         }
-        wait_for_turn(&decoder, turn)?;
         let convert = make_element(&["videoconvert"], "gstreamer1.0-plugins-base")?;
         let sink = gst_app::AppSink::builder()
             .caps(

@@ -89,6 +89,14 @@ impl FindingStatus {
     }
 }
 
+/// An evidence file to delete at `expires_at` (unix seconds), or when its teacher is erased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceEntry {
+    pub path: String,
+    pub teacher_id: Option<String>,
+    pub expires_at: i64,
+}
+
 /// A finding as the review page lists it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FindingRow {
@@ -244,7 +252,14 @@ pub trait Backend: Send {
         teacher_id: &str,
         model_id: &str,
     ) -> Result<Vec<Vec<u8>>, StoreError>;
-    fn put_verdict(&mut self, verdict: &Verdict, json: &str, now: i64) -> Result<bool, StoreError>;
+    /// The verdict, its findings and its evidence rows in one transaction.
+    fn put_verdict(
+        &mut self,
+        verdict: &Verdict,
+        json: &str,
+        evidence: &[EvidenceEntry],
+        now: i64,
+    ) -> Result<bool, StoreError>;
     fn get_verdict_json(&mut self, key: &str) -> Result<Option<String>, StoreError>;
     fn list_findings(
         &mut self,
@@ -485,8 +500,19 @@ impl Store {
 
     /// [`Store::put_verdict`] for a store shared behind an `Arc` (calls are serialised inside).
     pub fn put_verdict_shared(&self, verdict: &Verdict) -> Result<bool, StoreError> {
+        self.record_verdict(verdict, &[])
+    }
+
+    /// The verdict and the retention rows of its evidence files, in one transaction: a crash
+    /// never leaves a verdict whose evidence would outlive its retention period or an erasure.
+    /// The evidence rows are written even when the verdict was already there.
+    pub fn record_verdict(
+        &self,
+        verdict: &Verdict,
+        evidence: &[EvidenceEntry],
+    ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(verdict)?;
-        self.b().put_verdict(verdict, &json, now())
+        self.b().put_verdict(verdict, &json, evidence, now())
     }
 
     pub fn get_verdict_by_key(&self, key: &str) -> Result<Option<Verdict>, StoreError> {

@@ -5,8 +5,8 @@
 use postgres::{Client, NoTls, Row};
 
 use super::{
-    to_i64, Backend, DeliveryRow, FindingRow, FindingStatus, JobRow, NewRecording, RecordingRow,
-    RecordingState, StoreError, TokenRow,
+    to_i64, Backend, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow, NewRecording,
+    RecordingRow, RecordingState, StoreError, TokenRow,
 };
 use crate::verdict::Verdict;
 
@@ -285,15 +285,31 @@ impl Backend for PostgresBackend {
             .collect::<Result<_, _>>()?)
     }
 
-    fn put_verdict(&mut self, verdict: &Verdict, json: &str, t: i64) -> Result<bool, StoreError> {
+    fn put_verdict(
+        &mut self,
+        verdict: &Verdict,
+        json: &str,
+        evidence: &[EvidenceEntry],
+        t: i64,
+    ) -> Result<bool, StoreError> {
         let key = verdict.idempotency_key();
         let mut tx = self.client.transaction()?;
+        // Evidence rows first, whether or not the verdict is new (see the SQLite backend).
+        for e in evidence {
+            tx.execute(
+                "INSERT INTO evidence (path, recording_id, teacher_id, expires_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (path) DO UPDATE SET recording_id = excluded.recording_id,
+                     teacher_id = excluded.teacher_id, expires_at = excluded.expires_at",
+                &[&e.path, &verdict.recording.id, &e.teacher_id, &e.expires_at],
+            )?;
+        }
         let inserted = tx.query_opt(
             "INSERT INTO verdicts (idempotency_key, recording_id, sha256, decision, verdict_json, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
             &[&key, &verdict.recording.id, &verdict.recording.sha256, &verdict.decision.as_str(), &json, &t],
         )?;
         let Some(row) = inserted else {
+            tx.commit()?;
             return Ok(false);
         };
         let verdict_id: i64 = row.try_get(0)?;

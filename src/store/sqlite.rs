@@ -9,8 +9,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
-    to_i64, Backend, DeliveryRow, FindingRow, FindingStatus, JobRow, NewRecording, RecordingRow,
-    RecordingState, StoreError, TokenRow,
+    to_i64, Backend, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow, NewRecording,
+    RecordingRow, RecordingState, StoreError, TokenRow,
 };
 use crate::verdict::Verdict;
 
@@ -301,17 +301,34 @@ impl Backend for SqliteBackend {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn put_verdict(&mut self, verdict: &Verdict, json: &str, t: i64) -> Result<bool, StoreError> {
+    fn put_verdict(
+        &mut self,
+        verdict: &Verdict,
+        json: &str,
+        evidence: &[EvidenceEntry],
+        t: i64,
+    ) -> Result<bool, StoreError> {
         let key = verdict.idempotency_key();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Evidence rows first, whether or not the verdict is new: a re-run after a crash between
+        // writing the files and this commit registers the files it wrote again.
+        for e in evidence {
+            tx.execute(
+                "INSERT INTO evidence (path, recording_id, teacher_id, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(path) DO UPDATE SET recording_id = excluded.recording_id,
+                     teacher_id = excluded.teacher_id, expires_at = excluded.expires_at",
+                params![e.path, verdict.recording.id, e.teacher_id, e.expires_at],
+            )?;
+        }
         let inserted = tx.execute(
             "INSERT INTO verdicts (idempotency_key, recording_id, sha256, decision, verdict_json, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(idempotency_key) DO NOTHING",
             params![key, verdict.recording.id, verdict.recording.sha256, verdict.decision.as_str(), json, t],
         )?;
         if inserted == 0 {
+            tx.commit()?;
             return Ok(false);
         }
         let verdict_id = tx.last_insert_rowid();

@@ -17,8 +17,11 @@ from tusclient.uploader import Uploader
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
-def meta(role):
-    return {"session_id": "class-42", "role": role, "teacher_id": "t-1"}
+def meta(role, teacher=None):
+    m = {"session_id": "class-42", "role": role}
+    if teacher:
+        m["teacher_id"] = teacher
+    return m
 
 
 def auth(token):
@@ -65,6 +68,15 @@ def main():
 
     if scenario == "upload":
         u = uploader(base, token, path, chunk, role)
+        u.upload()
+        out["id"] = rid_of(u.url)
+        out["verdict"] = wait_verdict(base, token, out["id"])
+
+    elif scenario == "unknown-teacher":
+        # A teacher id to verify that nobody enrolled: the camera cannot be checked against it.
+        c = tus_client.TusClient(base + "/files/", headers=auth(token))
+        u = Uploader(file_path=path, client=c, chunk_size=chunk,
+                     metadata=meta(role, teacher="t-never-enrolled"), upload_checksum=True)
         u.upload()
         out["id"] = rid_of(u.url)
         out["verdict"] = wait_verdict(base, token, out["id"])

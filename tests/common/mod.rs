@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: fixture paths and their measured ground truth.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::path::PathBuf;
 
 pub fn root() -> PathBuf {
