@@ -10,9 +10,7 @@ pub enum TokenError {
     Store(#[from] StoreError),
     #[error("token name must be 1-100 characters of letters, digits, '-', '_' or '.', not {0:?}")]
     BadName(String),
-    #[error(
-        "webhook URL must start with http:// (https is not delivered by this build), not {0:?}"
-    )]
+    #[error("webhook URL must be an http:// or https:// URL with a host, not {0:?}")]
     BadWebhook(String),
     #[error("no live token named {0:?}")]
     NotFound(String),
@@ -35,7 +33,11 @@ pub fn create(store: &Store, name: &str, webhook: Option<&str>) -> Result<Create
         return Err(TokenError::BadName(name.to_string()));
     }
     if let Some(url) = webhook {
-        if !url.starts_with("http://") || url.len() <= "http://".len() {
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .unwrap_or("");
+        if host.is_empty() || host.starts_with('/') || url.chars().any(char::is_whitespace) {
             return Err(TokenError::BadWebhook(url.to_string()));
         }
     }

@@ -8,13 +8,17 @@
 //! - `ClassGuard-Signature`: `v1=` + hex HMAC-SHA256(secret, timestamp + "." + body)
 //!
 //! Failed attempts are retried with exponential backoff (1 s doubling to 1 h) up to
-//! [`MAX_ATTEMPTS`]. Only `http://` URLs are delivered by this build.
+//! [`MAX_ATTEMPTS`]. `https://` URLs are verified against the system's trust store (rustls with
+//! the platform's roots; `SSL_CERT_FILE` names another bundle); plain `http://` is for
+//! receivers on the same host or network.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
@@ -33,6 +37,18 @@ pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
     mac.update(b".");
     mac.update(body.as_bytes());
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One client for every delivery: HTTP/1.1 over TLS (verified) or plain TCP, by URL scheme.
+fn https_client() -> std::io::Result<WebhookClient> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// Backoff before attempt `attempts + 1`.
@@ -71,7 +87,13 @@ pub fn queue(
 /// The sender: every half second, attempts the deliveries that are due.
 pub fn start(state: Shared) {
     tokio::spawn(async move {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let client = match https_client() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("webhooks disabled: no TLS trust store: {e}");
+                return;
+            }
+        };
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
@@ -103,13 +125,9 @@ pub fn start(state: Shared) {
     });
 }
 
-async fn attempt(
-    state: &Shared,
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    d: &DeliveryRow,
-) -> Result<(), String> {
-    if !d.url.starts_with("http://") {
-        return Err("only http:// webhook URLs are supported by this build".into());
+async fn attempt(state: &Shared, client: &WebhookClient, d: &DeliveryRow) -> Result<(), String> {
+    if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
+        return Err("webhook URLs must be http:// or https://".into());
     }
     let token_id = d.token_id;
     let secret = match state.db(move |s| s.token_by_id(token_id)).await {

@@ -20,6 +20,17 @@ impl Serve {
     }
 
     pub fn start_with(dir: &Path, db: &str, extra: &[&str]) -> Serve {
+        Self::spawn(dir, db, extra, &[])
+    }
+
+    /// [`Serve::start`] with extra environment variables for the server.
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
+        std::fs::create_dir_all(dir).unwrap();
+        let db = dir.join("store.sqlite").to_string_lossy().into_owned();
+        Self::spawn(dir, &db, extra, env)
+    }
+
+    fn spawn(dir: &Path, db: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_classguard"))
             .args([
                 "serve",
@@ -31,6 +42,7 @@ impl Serve {
             ])
             .arg(dir.join("data"))
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
