@@ -190,8 +190,9 @@ async fn verdict(
             ),
         ));
     };
+    // After human review, the reviewed decision (the model's is kept alongside).
     let json = state
-        .db(move |s| s.get_verdict_json(&key))
+        .db(move |s| crate::review::decisions::api_verdict(s, &key))
         .await?
         .ok_or_else(|| ApiError::internal("verdict row missing".into()))?;
     Ok((StatusCode::OK, [("content-type", "application/json")], json).into_response())
