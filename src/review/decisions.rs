@@ -103,7 +103,8 @@ fn answer(item_id: i64, version_seen: i64, outcome: ActOutcome) -> Result<Respon
 }
 
 /// After an act that changed the recording's outcome: queue the `verdict.reviewed` webhook event
-/// of an uploaded recording whose token has a webhook (once per item version).
+/// of an uploaded recording whose token has a webhook (once per item version, so a retried
+/// delivery keeps its event id).
 fn notify(store: &Store, item_id: i64, version: i64) -> Result<(), StoreError> {
     let Some(detail) = store.review_item(item_id)? else {
         return Ok(());
@@ -140,8 +141,14 @@ async fn apply(
     let outcome = review
         .db(move |s| {
             let outcome = s.review_act(&act, now_ms())?;
-            if let ActOutcome::Applied { version, .. } = &outcome {
-                if let Err(e) = notify(s, act.item_id, *version) {
+            // Only a change of the recording's outcome is news for the platform: a decision that
+            // closed the item, or a reopening that withdrew one.
+            if let ActOutcome::Applied { version, decision } = &outcome {
+                let changed = decision.is_some() || act.action == "reopen";
+                if let Err(e) = changed
+                    .then(|| notify(s, act.item_id, *version))
+                    .transpose()
+                {
                     tracing::warn!(item = act.item_id, "queueing the review webhook: {e}");
                 }
             }

@@ -90,8 +90,7 @@ impl IntoResponse for ReviewError {
         } else {
             self.to_string()
         };
-        let html = templates::error_page(status, &message);
-        secure((status, html).into_response())
+        html(status, templates::error_page(status, &message))
     }
 }
 
@@ -187,7 +186,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    frame-ancestors 'none'; base-uri 'none'";
 
 /// The headers every review response carries: no caching of evidence or pages, no framing, no
-/// inline script, no referrer leaking item ids.
+/// inline script, no referrer leaking item ids to other sites.
 pub fn secure(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(
@@ -198,9 +197,11 @@ pub fn secure(mut r: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: with the latter Chromium sends `Origin: null` on form
+    // posts, which the CSRF check must refuse.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
@@ -257,6 +258,7 @@ mod tests {
         assert_eq!(r.headers()["location"], "/review/login");
         let r = ReviewError::Internal("SELECT secret FROM x".into()).into_response();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
         assert!(r.headers()["content-security-policy"]
             .to_str()
             .unwrap()
