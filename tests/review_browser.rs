@@ -302,7 +302,16 @@ fn staff_review_recordings_in_a_real_browser() {
         .unwrap()
         .iter()
         .all(|f| f["status"] == "dismissed"));
+    let schema: serde_json::Value =
+        json(&std::fs::read_to_string(root().join("docs/verdict.schema.json")).unwrap());
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "reviewed verdict vs docs/verdict.schema.json: {errors:?}"
+    );
     let v = verdict(&serve.base, &token, &whiteboard);
+    assert!(validator.is_valid(&v), "{v}");
     assert_eq!(
         (v["decision"].as_str(), v["review"]["status"].as_str()),
         (Some("review"), Some("in_review"))
