@@ -168,6 +168,7 @@ fn staff_review_recordings_in_a_real_browser() {
         ("bob", "reviewer", "bob's long passphrase"),
         ("lea", "lead", "lea's long passphrase"),
         ("carol", "reviewer", "carol's long passphrase"),
+        ("root", "admin", "root's long passphrase"),
     ];
     for (name, role, pw) in passwords {
         let f = dir.path().join(format!("{name}.pw"));
@@ -225,6 +226,7 @@ fn staff_review_recordings_in_a_real_browser() {
         .env("PW_BOB", passwords[1].2)
         .env("PW_LEA", passwords[2].2)
         .env("PW_CAROL", passwords[3].2)
+        .env("PW_ROOT", passwords[4].2)
         .env("SCREENSHOTS", &shots)
         .output()
         .unwrap();
@@ -284,6 +286,15 @@ fn staff_review_recordings_in_a_real_browser() {
     assert_eq!(count("locked_out", uid("carol")), 1);
     assert_eq!(count("sign_in_refused_locked", uid("carol")), 1);
     assert_eq!(count("sign_out", uid("alice")), 1);
+    assert_eq!(count("settings_changed", uid("bob")), 1);
+    assert!(
+        count("evidence_viewed", uid("bob")) >= 1,
+        "revealed by default is still logged"
+    );
+    assert!(log.iter().any(|e| e.action == "user_changed"
+        && e.user_id == Some(uid("root"))
+        && e.detail == format!("user {}: unlock", uid("carol"))));
+    assert_eq!(count("sign_in", uid("carol")), 1, "signs in once unlocked");
     // Ids and codes only: no password and no account name in any entry.
     for e in &log {
         let words: Vec<&str> = e.detail.split(|c: char| !c.is_alphanumeric()).collect();

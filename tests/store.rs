@@ -888,6 +888,41 @@ fn review_queue_order_filters_and_counts(store: &mut Store) {
         .collect();
     assert_eq!(without_pass, expected);
     assert!(queue.len() <= 5, "a pass is there only when sampled");
+    // The QA sample of passes follows the policy's rate (drawn once, when the item is made).
+    let sample_all = Policy::from_toml_str(
+        &classguard::policy::CLASSROOM_TOML
+            .replace("qa_sample_rate = 0.05", "qa_sample_rate = 1.0"),
+        "mem",
+    )
+    .unwrap();
+    let sample_none = Policy::from_toml_str(
+        &classguard::policy::CLASSROOM_TOML
+            .replace("qa_sample_rate = 0.05", "qa_sample_rate = 0.0"),
+        "mem",
+    )
+    .unwrap();
+    store
+        .put_verdict_shared(&verdict_with("rec-pass-sampled", &[]))
+        .unwrap();
+    classguard::review::queue::sync(store, &sample_all).unwrap();
+    store
+        .put_verdict_shared(&verdict_with("rec-pass-skipped", &[]))
+        .unwrap();
+    classguard::review::queue::sync(store, &sample_none).unwrap();
+    let rows = store
+        .review_queue(&QueueFilter {
+            decision: Some("pass".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let sampled = rows
+        .iter()
+        .find(|r| r.recording_id == "rec-pass-sampled")
+        .unwrap();
+    assert!(sampled.qa_sample);
+    assert_eq!(sampled.severity_rank, -1, "no findings");
+    assert!(rows.iter().all(|r| r.recording_id != "rec-pass-skipped"));
     assert_eq!(
         all(QueueFilter {
             label: Some("contact_info".into()),

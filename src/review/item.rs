@@ -250,7 +250,7 @@ pub async fn evidence(
         .await?
         .ok_or(ReviewError::NotFound)?;
     if ev.kind != "image" {
-        return Err(ReviewError::Forbidden);
+        return Err(ReviewError::RevealRequired);
     }
     let bytes = read_evidence(&ev.path).await?;
     let jpeg = tokio::task::spawn_blocking(move || rendition(&bytes))
@@ -343,6 +343,38 @@ mod tests {
             .unwrap();
         assert!(max_step < 12, "still sharp: step {max_step}");
         assert!(rendition(b"not an image").is_err());
+    }
+
+    #[test]
+    fn identity_findings_say_what_the_camera_was_compared_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        store.enroll_template("t-17", "sface", &[0.5; 4]).unwrap();
+        store.enroll_template("t-17", "sface", &[0.25; 4]).unwrap();
+        let f = Finding {
+            label: Label::IdentityMismatch,
+            severity: crate::verdict::Severity::High,
+            track: crate::verdict::Track::Camera,
+            start_ms: 0,
+            end_ms: 5_000,
+            confidence: 0.8,
+            model: crate::verdict::ModelRef {
+                id: "sface".into(),
+                sha256: "0".repeat(64),
+            },
+            rule_id: "face.identity_mismatch".into(),
+            evidence: Default::default(),
+            reason: "x".into(),
+        };
+        let note = identity_note(&store, Some("t-17"), &f).unwrap();
+        assert!(
+            note.contains("2 enrolled face template(s) of teacher t-17 (model sface)"),
+            "{note}"
+        );
+        let none = identity_note(&store, None, &f).unwrap();
+        assert!(none.contains("No teacher"), "{none}");
+        let other = identity_note(&store, Some("t-99"), &f).unwrap();
+        assert!(other.contains("0 enrolled"), "{other}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub enum ReviewError {
     SignedOut { page: bool },
     #[error("your role may not do this")]
     Forbidden,
+    #[error("audio is only played after a reveal")]
+    RevealRequired,
     #[error("missing or wrong anti-forgery token: reload the page and try again")]
     Csrf,
     #[error("not found")]
@@ -63,7 +65,9 @@ impl ReviewError {
     pub fn status(&self) -> StatusCode {
         match self {
             ReviewError::SignedOut { .. } => StatusCode::UNAUTHORIZED,
-            ReviewError::Forbidden | ReviewError::Csrf => StatusCode::FORBIDDEN,
+            ReviewError::Forbidden | ReviewError::RevealRequired | ReviewError::Csrf => {
+                StatusCode::FORBIDDEN
+            }
             ReviewError::NotFound => StatusCode::NOT_FOUND,
             ReviewError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ReviewError::Conflict(_) => StatusCode::CONFLICT,

@@ -64,33 +64,36 @@
   }
 
   // ---- evidence: the original only on reveal (logged by the server) ----
+  // Findings may share a file (two rules on one slide): one fetch per evidence id, shown in
+  // every place that file appears.
+  const revealed = new Map();
   function reveal(button) {
     const id = button.dataset.evidence;
-    if (button.dataset.done) return Promise.resolve();
-    button.dataset.done = "1";
-    button.disabled = true;
-    return post("/review/evidence/" + id + "/reveal").then((r) => {
+    if (revealed.has(id)) return revealed.get(id);
+    const buttons = Array.from(document.querySelectorAll('button.reveal[data-evidence="' + id + '"]'));
+    buttons.forEach((b) => { b.disabled = true; });
+    const done = post("/review/evidence/" + id + "/reveal").then((r) => {
       if (!r.ok) throw new Error("reveal refused: " + r.status);
       return r.blob();
     }).then((blob) => {
       const url = URL.createObjectURL(blob);
-      if (button.dataset.kind === "image") {
-        const img = document.querySelector('img[data-evidence="' + id + '"]');
+      document.querySelectorAll('img[data-evidence="' + id + '"]').forEach((img) => {
         img.src = url;
         img.dataset.state = "revealed";
         img.alt = "slice, original";
-      } else {
-        const audio = document.querySelector('audio[data-evidence="' + id + '"]');
+      });
+      document.querySelectorAll('audio[data-evidence="' + id + '"]').forEach((audio) => {
         audio.src = url;
         audio.muted = false;
         audio.dataset.state = "revealed";
-      }
-      button.textContent = "Revealed";
+      });
+      buttons.forEach((b) => { b.textContent = "Revealed"; });
     }).catch((err) => {
-      delete button.dataset.done;
-      button.disabled = false;
-      button.textContent = String(err.message || err);
+      revealed.delete(id);
+      buttons.forEach((b) => { b.disabled = false; b.textContent = String(err.message || err); });
     });
+    revealed.set(id, done);
+    return done;
   }
   const revealButtons = Array.from(document.querySelectorAll("button.reveal"));
   revealButtons.forEach((b) => b.addEventListener("click", () => reveal(b)));

@@ -2,7 +2,7 @@
 // (playwright-core, no bundled browser). Run by tests/review_browser.rs, which starts the server,
 // seeds it and checks the store afterwards; this script prints one JSON object of what it saw.
 //
-// env: BASE, REC_WHITEBOARD, REC_SPEECH, PW_ALICE, PW_BOB, PW_LEA, PW_CAROL, SCREENSHOTS (a folder)
+// env: BASE, REC_WHITEBOARD, REC_SPEECH, PW_ALICE, PW_BOB, PW_LEA, PW_CAROL, PW_ROOT, SCREENSHOTS (a folder)
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
@@ -106,6 +106,10 @@ try {
   assert.ok(blurred.width <= 320, `rendition is downscaled: ${blurred.width}`);
   assert.ok(blurred.colour <= 2, `rendition is grey: channel spread ${blurred.colour}`);
   result.evidence_id = await img.getAttribute("data-evidence");
+  // The page's keep-alive renews the holder's lease.
+  r = await alice.context.request.post(`${BASE}/review/items/${wb}/claim`, { headers: { "X-CSRF-Token": await csrfOf(a) } });
+  assert.equal(r.status(), 200);
+  assert.equal((await r.json()).mine, true);
   await a.screenshot({ path: `${SHOTS}/review-item.png`, fullPage: true });
 
   // The blurred rendition needs a session; the original needs a session and the CSRF token.
@@ -142,6 +146,15 @@ try {
   r = await bob.context.request.post(`${BASE}/review/items/${wb}/claim`, { headers: { "X-CSRF-Token": await csrfOf(bob.page) } });
   assert.equal(r.status(), 409);
   result.second_reviewer = 409;
+  // Bob's own setting: evidence revealed without a click (each view still logged).
+  await bob.page.goto(`${BASE}/review/settings`);
+  await bob.page.check('input[name="reveal_default"]');
+  await Promise.all([bob.page.waitForURL(`${BASE}/review/settings`), bob.page.click('#settings button[type="submit"]')]);
+  assert.ok(await bob.page.isChecked('input[name="reveal_default"]'));
+  await bob.page.goto(`${BASE}/review/items/${wb}`);
+  await bob.page.waitForFunction(() =>
+    Array.from(document.querySelectorAll("img.evidence")).every((i) => i.dataset.state === "revealed"));
+  result.bob_auto_revealed = await bob.page.locator('img.evidence[data-state="revealed"]').count();
 
   // ---- a CSRF-less post is refused ----
   r = await alice.context.request.post(`${BASE}/review/items/${wb}/decide`, {
@@ -237,6 +250,20 @@ try {
   assert.equal(locked.status(), 429);
   assert.match(await cp.locator("#login-error").textContent(), /locked/);
   result.lockout = 429;
+  // An admin unlocks the account; then the right password works.
+  const root = await signIn("root", env("PW_ROOT"));
+  await root.page.goto(`${BASE}/review/users`);
+  const carolRow = root.page.locator("#users tbody tr", { hasText: "carol" });
+  assert.match(await carolRow.textContent(), /locked until/);
+  await Promise.all([root.page.waitForURL(`${BASE}/review/users`), carolRow.locator('button', { hasText: "Unlock" }).click()]);
+  assert.match(await root.page.locator("#users tbody tr", { hasText: "carol" }).textContent(), /active/);
+  r = await lea.context.request.get(`${BASE}/review/users`);
+  assert.equal(r.status(), 403, "leads do not manage accounts");
+  await cp.goto(`${BASE}/review/login`);
+  await cp.fill('input[name="username"]', "carol");
+  await cp.fill('input[name="password"]', env("PW_CAROL"));
+  await Promise.all([cp.waitForURL(`${BASE}/review`), cp.click('#login button[type="submit"]')]);
+  result.unlocked = true;
 
   // ---- sign out ends the session ----
   step("sign out");
