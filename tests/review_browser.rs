@@ -149,20 +149,73 @@ fn verdict(base: &str, token: &str, id: &str) -> serde_json::Value {
     json(&body)
 }
 
+/// A PostgreSQL database of its own (127.0.0.1:5432, as tests/store.rs), dropped afterwards.
+struct PgDb {
+    name: String,
+    url: String,
+}
+
+const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+impl PgDb {
+    fn new() -> Self {
+        let name = format!("cg_review_{}", std::process::id());
+        let mut admin = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls)
+            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/setup starts it)");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        PgDb {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
 #[test]
 fn staff_review_recordings_in_a_real_browser() {
-    let browser_dir = root().join("tests/browser");
-    assert!(
-        Path::new("/usr/bin/chromium").exists()
-            && browser_dir.join("node_modules/playwright-core").is_dir(),
-        "chromium or tests/browser/node_modules missing: run scripts/setup"
-    );
     let dir = tempfile::tempdir().unwrap();
     let db = dir
         .path()
         .join("store.sqlite")
         .to_string_lossy()
         .into_owned();
+    let shots = std::env::var_os("CLASSGUARD_REVIEW_SCREENSHOTS")
+        .map(|d| root().join(d))
+        .unwrap_or_else(|| root().join("target/review-screenshots"));
+    scenario(dir.path(), &db, &shots);
+}
+
+/// The same scenario on the production store.
+#[test]
+fn staff_review_recordings_in_a_real_browser_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = PgDb::new();
+    scenario(dir.path(), &pg.url, &dir.path().join("screenshots"));
+}
+
+fn scenario(dir: &Path, db: &str, shots: &Path) {
+    let browser_dir = root().join("tests/browser");
+    assert!(
+        Path::new("/usr/bin/chromium").exists()
+            && browser_dir.join("node_modules/playwright-core").is_dir(),
+        "chromium or tests/browser/node_modules missing: run scripts/setup"
+    );
+    let db = db.to_string();
     let passwords = [
         ("alice", "reviewer", "alice's long passphrase"),
         ("bob", "reviewer", "bob's long passphrase"),
@@ -171,7 +224,7 @@ fn staff_review_recordings_in_a_real_browser() {
         ("root", "admin", "root's long passphrase"),
     ];
     for (name, role, pw) in passwords {
-        let f = dir.path().join(format!("{name}.pw"));
+        let f = dir.join(format!("{name}.pw"));
         std::fs::write(&f, format!("{pw}\n")).unwrap();
         let out = run_ok(
             bin()
@@ -200,7 +253,7 @@ fn staff_review_recordings_in_a_real_browser() {
         .find_map(|l| l.strip_prefix("token: "))
         .unwrap()
         .to_string();
-    let serve = Serve::start(&db, &dir.path().join("data"));
+    let serve = Serve::start(&db, &dir.join("data"));
     let whiteboard = upload_and_wait(&serve.base, &token, "whiteboard-contact.webm", "desktop");
     let speech = upload_and_wait(&serve.base, &token, "camera-speech-contact.webm", "camera");
     let no_face = upload_and_wait(&serve.base, &token, "camera-no-face.webm", "camera");
@@ -212,10 +265,7 @@ fn staff_review_recordings_in_a_real_browser() {
         );
     }
 
-    let shots = std::env::var_os("CLASSGUARD_REVIEW_SCREENSHOTS")
-        .map(|d| root().join(d))
-        .unwrap_or_else(|| root().join("target/review-screenshots"));
-    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::create_dir_all(shots).unwrap();
     let out = Command::new("node")
         .arg(browser_dir.join("review.mjs"))
         .current_dir(&browser_dir)
@@ -227,7 +277,7 @@ fn staff_review_recordings_in_a_real_browser() {
         .env("PW_LEA", passwords[2].2)
         .env("PW_CAROL", passwords[3].2)
         .env("PW_ROOT", passwords[4].2)
-        .env("SCREENSHOTS", &shots)
+        .env("SCREENSHOTS", shots)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -251,7 +301,7 @@ fn staff_review_recordings_in_a_real_browser() {
     }
 
     // What the browser did is in the store: the append-only history, the audit log.
-    let store = Store::open(Path::new(&db)).unwrap();
+    let store = Store::open_any(&db).unwrap();
     let users = store.review_list_users().unwrap();
     let uid = |n: &str| users.iter().find(|u| u.name == n).unwrap().id;
     let wb_item: i64 = seen["whiteboard_item"].as_str().unwrap().parse().unwrap();
