@@ -371,6 +371,14 @@ fn scenario(dir: &Path, db: &str, shots: &Path) {
         errors.is_empty(),
         "reviewed verdict vs docs/verdict.schema.json: {errors:?}"
     );
+    let (_, status) = http(
+        &serve.base,
+        "GET",
+        &format!("/v1/recordings/{speech}"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    );
+    assert_eq!(json(&status)["decision"], "pass", "the status shows it too");
     let v = verdict(&serve.base, &token, &whiteboard);
     assert!(validator.is_valid(&v), "{v}");
     assert_eq!(

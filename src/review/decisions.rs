@@ -296,6 +296,19 @@ pub fn api_verdict(store: &Store, key: &str) -> Result<Option<String>, StoreErro
     }
 }
 
+/// The decision of the verdict of `key` as the API reports it: the reviewer's once the recording
+/// is decided, else the model's.
+pub fn current_decision(store: &Store, key: &str) -> Result<Option<String>, StoreError> {
+    if let Some(item) = store.review_item_by_verdict_key(key)? {
+        if let (Some(d), "decided") = (&item.human_decision, item.state.as_str()) {
+            return Ok(Some(d.clone()));
+        }
+    }
+    Ok(store
+        .get_verdict_by_key(key)?
+        .map(|v| v.decision.as_str().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
