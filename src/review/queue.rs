@@ -47,7 +47,7 @@ pub fn sync(store: &Store, policy: &Policy) -> Result<usize, StoreError> {
 }
 
 /// The queue's query string (every field optional; empty means any).
-#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct QueueQuery {
     #[serde(default)]
     pub state: Option<String>,

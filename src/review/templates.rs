@@ -712,12 +712,24 @@ pub fn users_page(staff: &Staff, users: &[UserRow], now_ms: i64) -> String {
         } else {
             "active".into()
         };
-        let mut ops = vec![("unlock", "Unlock".to_string())];
-        ops.push(if u.disabled {
-            ("enable", "Enable".into())
+        // Unlock, disable or enable, and a role change to each other role.
+        let (toggle, toggle_text) = if u.disabled {
+            ("enable", "Enable")
         } else {
-            ("disable", "Disable".into())
-        });
+            ("disable", "Disable")
+        };
+        let mut ops = vec![
+            ("unlock".to_string(), "Unlock".to_string()),
+            (toggle.to_string(), toggle_text.to_string()),
+        ];
+        for r in [Role::Reviewer, Role::Lead, Role::Admin] {
+            if r.as_str() != u.role {
+                ops.push((
+                    format!("role:{}", r.as_str()),
+                    format!("Make {}", r.as_str()),
+                ));
+            }
+        }
         let _ = write!(
             b,
             "<tr data-user=\"{id}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>",
@@ -727,21 +739,7 @@ pub fn users_page(staff: &Staff, users: &[UserRow], now_ms: i64) -> String {
             u.failed_logins,
             id = u.id
         );
-        for (op, text) in ops.into_iter().chain(
-            ["reviewer", "lead", "admin"]
-                .iter()
-                .filter(|r| **r != u.role)
-                .map(|r| {
-                    (
-                        match *r {
-                            "reviewer" => "role:reviewer",
-                            "lead" => "role:lead",
-                            _ => "role:admin",
-                        },
-                        format!("Make {r}"),
-                    )
-                }),
-        ) {
+        for (op, text) in ops {
             let _ = write!(
                 b,
                 "<form method=\"post\" action=\"/review/users/{}\" class=\"inline\">{}\
