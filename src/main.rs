@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
-use classguard::app::{enroll, models_cmd, scan, serve, slice_cmd, token};
+use classguard::app::{enroll, models_cmd, scan, serve, slice_cmd, token, user};
 use classguard::ingest;
 use classguard::inspect::{self, InspectOptions};
 use classguard::policy::Policy;
@@ -142,6 +142,20 @@ enum Command {
         job_lease_s: u64,
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Seconds opening an item on the review page holds it for the reviewer (renewed while open).
+        #[arg(long, default_value_t = 300)]
+        review_claim_s: u64,
+        /// Mark the review page's cookies Secure (set this behind a TLS proxy).
+        #[arg(long)]
+        secure_cookies: bool,
+    },
+    /// Manage staff accounts of the review page (/review); passwords are stored as argon2 hashes.
+    User {
+        #[command(subcommand)]
+        what: UserCmd,
+        /// Store: a SQLite path or postgres://... (default: the local SQLite store).
+        #[arg(long, env = "CLASSGUARD_DATABASE", global = true)]
+        database: Option<String>,
     },
     /// Manage the service's API tokens (printed once; only their hash is stored).
     Token {
@@ -167,6 +181,28 @@ enum TokenCmd {
     List,
     /// Revoke a token: its requests get 401 from then on.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add an account; the password is prompted for (not echoed) or read from a file.
+    Add {
+        name: String,
+        /// reviewer (decides), lead (also reopens, sees metrics and the audit log), admin (also manages accounts).
+        #[arg(long, value_parser = ["reviewer", "lead", "admin"])]
+        role: String,
+        /// Read the password from the first line of this file instead of a prompt.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Set a new password (and clear a lockout).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List accounts (never their passwords).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -341,6 +377,8 @@ fn main() -> ExitCode {
             upload_expiry_s,
             job_lease_s,
             policy,
+            review_claim_s,
+            secure_cookies,
         } => {
             let result = (|| -> anyhow::Result<()> {
                 let store = serve::open_store(database.as_deref())?;
@@ -358,6 +396,8 @@ fn main() -> ExitCode {
                 config.upload_expiry = std::time::Duration::from_secs(upload_expiry_s.max(1));
                 config.job_lease = std::time::Duration::from_secs(job_lease_s.max(1));
                 config.policy = policy;
+                config.review.claim_lease = std::time::Duration::from_secs(review_claim_s.max(1));
+                config.review.secure_cookies = secure_cookies;
                 serve::run(store, config, |addr| {
                     // One line on stdout for scripts and tests: where to connect.
                     println!("listening on http://{addr}");
@@ -367,6 +407,36 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e, 2),
+            }
+        }
+        Command::User { what, database } => {
+            let result = (|| -> anyhow::Result<()> {
+                let store = serve::open_store(database.as_deref())?;
+                match what {
+                    UserCmd::Add {
+                        name,
+                        role,
+                        password_file,
+                    } => {
+                        let password = user::read_password(password_file.as_deref())?;
+                        let row = user::add(&store, &name, &role, &password)?;
+                        println!("added {} account {}", row.role, row.name);
+                    }
+                    UserCmd::Passwd {
+                        name,
+                        password_file,
+                    } => {
+                        let password = user::read_password(password_file.as_deref())?;
+                        user::set_password(&store, &name, &password)?;
+                        println!("password of {name} set");
+                    }
+                    UserCmd::List => print!("{}", user::list(&store)?),
+                }
+                Ok(())
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, 1),
             }
         }
         Command::Token { what, database } => {

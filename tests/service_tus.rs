@@ -316,8 +316,22 @@ fn kill_9_mid_audit_and_restart_audits_once() {
         .as_str()
         .unwrap()
         .to_string();
-    // Let the audit start, then kill -9.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill -9 as soon as an audit worker has taken the job.
+    let conn = rusqlite::Connection::open(&serve.db).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while conn
+        .query_row(
+            "SELECT COUNT(*) FROM jobs WHERE recording_id = ?1 AND state = 'running'",
+            [&id],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the audit never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(conn);
     let (_, _, s) = http(
         &serve.base,
         "GET",

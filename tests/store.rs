@@ -71,7 +71,7 @@ fn verdict(recording: &str, findings: usize) -> Verdict {
 }
 
 /// Migrations this build applies.
-const SCHEMA: i64 = 2;
+const SCHEMA: i64 = 3;
 
 /// A PostgreSQL database of its own for one test, dropped afterwards.
 struct PgDb {
@@ -155,6 +155,10 @@ on_both_backends!(
     jobs_lease_heartbeat_and_takeover,
     webhook_deliveries_once_per_event_with_retries,
     migrations_are_versioned,
+    review_accounts_sessions_and_lockout,
+    review_queue_order_filters_and_counts,
+    review_claims_versions_and_append_only_history,
+    review_evidence_ids_follow_retention,
 );
 
 fn migrations_are_versioned(store: &mut Store) {
@@ -707,4 +711,506 @@ fn default_path_follows_the_environment() {
     } else if std::env::var_os("XDG_DATA_HOME").is_some() || std::env::var_os("HOME").is_some() {
         assert!(p.unwrap().ends_with("classguard/classguard.sqlite"));
     }
+}
+
+// ---- review page ----
+
+fn staff(store: &Store, name: &str, role: &str) -> classguard::store::UserRow {
+    store
+        .review_add_user(&classguard::store::NewUser {
+            name: name.into(),
+            role: role.into(),
+            password_hash: format!("$argon2id$test-{name}"),
+        })
+        .unwrap()
+}
+
+/// A verdict whose findings have these (label, severity, track).
+fn verdict_with(recording: &str, findings: &[(Label, Severity, Track)]) -> Verdict {
+    let mut v = verdict(recording, findings.len());
+    for (f, (label, severity, track)) in v.findings.iter_mut().zip(findings) {
+        f.label = *label;
+        f.severity = *severity;
+        f.track = *track;
+    }
+    v.decision = decide(&Policy::embedded().unwrap(), &v.findings, false);
+    v
+}
+
+fn review_accounts_sessions_and_lockout(store: &mut Store) {
+    use classguard::store::{Lockout, NewSession, UserChange};
+    let ann = staff(store, "ann", "reviewer");
+    assert!(matches!(
+        store.review_add_user(&classguard::store::NewUser {
+            name: "ann".into(),
+            role: "lead".into(),
+            password_hash: "x".into(),
+        }),
+        Err(StoreError::UserExists(_))
+    ));
+    assert_eq!(
+        store.review_user_by_name("ann").unwrap().unwrap().id,
+        ann.id
+    );
+    let lock = Lockout {
+        max_failures: 3,
+        lock_ms: 60_000,
+    };
+    for n in 1..=2 {
+        let u = store
+            .review_login_result(ann.id, false, 1_000, lock)
+            .unwrap()
+            .unwrap();
+        assert_eq!((u.failed_logins, u.locked_until_ms), (n, 0));
+    }
+    let u = store
+        .review_login_result(ann.id, false, 1_000, lock)
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.locked_until_ms, 61_000, "locked at the third failure");
+    let u = store
+        .review_login_result(ann.id, true, 2_000, lock)
+        .unwrap()
+        .unwrap();
+    assert_eq!((u.failed_logins, u.locked_until_ms), (0, 0));
+    assert!(store
+        .review_login_result(9999, false, 0, lock)
+        .unwrap()
+        .is_none());
+
+    store
+        .review_create_session(&NewSession {
+            id_hash: sha("cookie"),
+            user_id: ann.id,
+            csrf: "tok".into(),
+            now_ms: 10_000,
+            expires_at_ms: 100_000,
+        })
+        .unwrap();
+    let (s, u) = store
+        .review_session(&sha("cookie"), 20_000, 30_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!((s.csrf.as_str(), u.name.as_str()), ("tok", "ann"));
+    assert!(store
+        .review_session(&sha("other"), 20_000, 30_000)
+        .unwrap()
+        .is_none());
+    // Idle longer than allowed: gone for good.
+    assert!(store
+        .review_session(&sha("cookie"), 60_001, 30_000)
+        .unwrap()
+        .is_none());
+    assert!(store
+        .review_session(&sha("cookie"), 20_000, 30_000)
+        .unwrap()
+        .is_none());
+    // A disabled account's sessions stop working.
+    store
+        .review_create_session(&NewSession {
+            id_hash: sha("c2"),
+            user_id: ann.id,
+            csrf: "t".into(),
+            now_ms: 0,
+            expires_at_ms: 100_000,
+        })
+        .unwrap();
+    assert!(store
+        .review_update_user(
+            ann.id,
+            &UserChange {
+                disabled: Some(true),
+                reveal_default: Some(true),
+                ..Default::default()
+            }
+        )
+        .unwrap());
+    assert!(store
+        .review_session(&sha("c2"), 1_000, 30_000)
+        .unwrap()
+        .is_none());
+    let u = store.review_user_by_id(ann.id).unwrap().unwrap();
+    assert!(u.disabled && u.reveal_default);
+    assert!(!store
+        .review_update_user(9999, &UserChange::default())
+        .unwrap());
+    assert_eq!(store.review_list_users().unwrap().len(), 1);
+}
+
+fn review_queue_order_filters_and_counts(store: &mut Store) {
+    use classguard::store::QueueFilter;
+    let policy = Policy::embedded().unwrap();
+    let medium = verdict_with(
+        "rec-medium",
+        &[(Label::NoFace, Severity::Medium, Track::Camera)],
+    );
+    let high_old = verdict_with(
+        "rec-high-old",
+        &[
+            (Label::ContactInfo, Severity::High, Track::Microphone),
+            (Label::MultipleFaces, Severity::Low, Track::Camera),
+        ],
+    );
+    let critical = verdict_with(
+        "rec-critical",
+        &[(Label::Nudity, Severity::Critical, Track::Camera)],
+    );
+    let high_new = verdict_with(
+        "rec-high-new",
+        &[(Label::ContactInfo, Severity::High, Track::Desktop)],
+    );
+    let pass = verdict_with("rec-pass", &[]);
+    for v in [&medium, &high_old, &critical, &high_new, &pass] {
+        store.put_verdict(v).unwrap();
+    }
+    assert_eq!(pass.decision.as_str(), "pass");
+    let added = classguard::review::queue::sync(store, &policy).unwrap();
+    assert_eq!(added, 5);
+    assert_eq!(
+        classguard::review::queue::sync(store, &policy).unwrap(),
+        0,
+        "once per verdict"
+    );
+    let all = |f: QueueFilter| -> Vec<String> {
+        store
+            .review_queue(&QueueFilter { limit: 100, ..f })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.recording_id)
+            .collect()
+    };
+    let queue = all(QueueFilter::default());
+    // Worst severity first, then oldest first (same created_at second: by id, i.e. insertion).
+    let expected: Vec<&str> = vec!["rec-critical", "rec-high-old", "rec-high-new", "rec-medium"];
+    let without_pass: Vec<&str> = queue
+        .iter()
+        .map(String::as_str)
+        .filter(|r| *r != "rec-pass")
+        .collect();
+    assert_eq!(without_pass, expected);
+    assert!(queue.len() <= 5, "a pass is there only when sampled");
+    // The QA sample of passes follows the policy's rate (drawn once, when the item is made).
+    let sample_all = Policy::from_toml_str(
+        &classguard::policy::CLASSROOM_TOML
+            .replace("qa_sample_rate = 0.05", "qa_sample_rate = 1.0"),
+        "mem",
+    )
+    .unwrap();
+    let sample_none = Policy::from_toml_str(
+        &classguard::policy::CLASSROOM_TOML
+            .replace("qa_sample_rate = 0.05", "qa_sample_rate = 0.0"),
+        "mem",
+    )
+    .unwrap();
+    store
+        .put_verdict_shared(&verdict_with("rec-pass-sampled", &[]))
+        .unwrap();
+    classguard::review::queue::sync(store, &sample_all).unwrap();
+    store
+        .put_verdict_shared(&verdict_with("rec-pass-skipped", &[]))
+        .unwrap();
+    classguard::review::queue::sync(store, &sample_none).unwrap();
+    let rows = store
+        .review_queue(&QueueFilter {
+            decision: Some("pass".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let sampled = rows
+        .iter()
+        .find(|r| r.recording_id == "rec-pass-sampled")
+        .unwrap();
+    assert!(sampled.qa_sample);
+    assert_eq!(sampled.severity_rank, -1, "no findings");
+    assert!(rows.iter().all(|r| r.recording_id != "rec-pass-skipped"));
+    assert_eq!(
+        all(QueueFilter {
+            label: Some("contact_info".into()),
+            ..Default::default()
+        }),
+        vec!["rec-high-old", "rec-high-new"]
+    );
+    assert_eq!(
+        all(QueueFilter {
+            track: Some("camera".into()),
+            decision: Some("block".into()),
+            ..Default::default()
+        }),
+        vec!["rec-critical"]
+    );
+    assert!(all(QueueFilter {
+        from_ms: Some(i64::MAX - 1),
+        ..Default::default()
+    })
+    .is_empty());
+    let counts = store
+        .review_label_counts(&QueueFilter {
+            label: Some("ignored".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let count = |l: &str| counts.iter().find(|(x, _)| x == l).map(|(_, n)| *n);
+    assert_eq!(count("contact_info"), Some(2));
+    assert_eq!(count("nudity"), Some(1));
+    assert_eq!(count("silence"), None);
+    let row = &store
+        .review_queue(&QueueFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap()[0];
+    assert_eq!((row.severity_rank, row.findings, row.version), (4, 1, 1));
+    assert_eq!(row.labels, vec!["nudity"]);
+    let detail = store.review_item(row.id).unwrap().unwrap();
+    assert_eq!(detail.findings.len(), 1);
+    assert!(detail.verdict_json.contains("rec-critical"));
+    assert!(store.review_item(9999).unwrap().is_none());
+}
+
+fn review_claims_versions_and_append_only_history(store: &mut Store) {
+    use classguard::store::{ActOutcome, QueueFilter, ReviewAct};
+    let policy = Policy::embedded().unwrap();
+    let ann = staff(store, "ann", "reviewer");
+    let bob = staff(store, "bob", "reviewer");
+    let lea = staff(store, "lea", "lead");
+    let v = verdict_with(
+        "rec-1",
+        &[
+            (Label::ContactInfo, Severity::High, Track::Desktop),
+            (Label::NoFace, Severity::Medium, Track::Camera),
+        ],
+    );
+    store.put_verdict(&v).unwrap();
+    classguard::review::queue::sync(store, &policy).unwrap();
+    let item = store
+        .review_queue(&QueueFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    let findings = store.review_item(item.id).unwrap().unwrap().findings;
+    // Ann claims; Bob cannot, until Ann's lease runs out.
+    let c = store
+        .review_claim(item.id, ann.id, 1_000, 300_000)
+        .unwrap()
+        .unwrap();
+    assert!(c.mine && c.until_ms == 301_000);
+    let c = store
+        .review_claim(item.id, bob.id, 2_000, 300_000)
+        .unwrap()
+        .unwrap();
+    assert!(!c.mine);
+    assert_eq!((c.holder, c.holder_name.as_str()), (ann.id, "ann"));
+    let act = |user: i64, finding: Option<i64>, action: &str, version: i64| ReviewAct {
+        item_id: item.id,
+        user_id: user,
+        finding_id: finding,
+        action: action.into(),
+        reason_code: "false_positive".into(),
+        note: Some("n".into()),
+        version,
+    };
+    assert_eq!(
+        store
+            .review_act(&act(bob.id, None, "dismiss", 1), 3_000)
+            .unwrap(),
+        ActOutcome::NotClaimed {
+            holder: Some(ann.id)
+        }
+    );
+    assert_eq!(
+        store
+            .review_act(&act(ann.id, Some(findings[0].id), "dismiss", 1), 3_000)
+            .unwrap(),
+        ActOutcome::Applied {
+            version: 2,
+            decision: None
+        }
+    );
+    // A decision made on the page of version 1 is stale now.
+    assert_eq!(
+        store
+            .review_act(&act(ann.id, None, "confirm", 1), 4_000)
+            .unwrap(),
+        ActOutcome::Stale { current: 2 }
+    );
+    assert_eq!(
+        store
+            .review_act(&act(ann.id, Some(424_242), "confirm", 2), 4_000)
+            .unwrap(),
+        ActOutcome::NoSuchFinding
+    );
+    assert_eq!(
+        store
+            .review_act(&act(ann.id, Some(findings[1].id), "confirm", 2), 5_000)
+            .unwrap(),
+        ActOutcome::Applied {
+            version: 3,
+            decision: Some("block".into())
+        }
+    );
+    let after = store.review_item(item.id).unwrap().unwrap();
+    assert_eq!(after.item.state, "decided");
+    assert_eq!(after.item.human_decision.as_deref(), Some("block"));
+    assert_eq!(after.item.first_decided_at_ms, Some(5_000));
+    assert_eq!(after.item.claimed_by, None, "deciding releases the hold");
+    assert_eq!(
+        after.findings.iter().map(|f| f.status).collect::<Vec<_>>(),
+        vec![FindingStatus::Dismissed, FindingStatus::Confirmed]
+    );
+    assert!(
+        store
+            .review_claim(item.id, bob.id, 6_000, 1_000)
+            .unwrap()
+            .is_none(),
+        "a decided item is not claimed"
+    );
+    assert!(matches!(
+        store
+            .review_act(&act(ann.id, None, "dismiss", 3), 6_000)
+            .unwrap(),
+        ActOutcome::NotClaimed { .. } | ActOutcome::WrongState { .. }
+    ));
+    // A lead reopens (no claim needed), then Bob decides the whole recording.
+    let reopen = ReviewAct {
+        reason_code: "appeal_received".into(),
+        ..act(lea.id, None, "reopen", 3)
+    };
+    assert_eq!(
+        store.review_act(&reopen, 7_000).unwrap(),
+        ActOutcome::Applied {
+            version: 4,
+            decision: None
+        }
+    );
+    assert!(
+        store
+            .review_claim(item.id, bob.id, 8_000, 1_000)
+            .unwrap()
+            .unwrap()
+            .mine
+    );
+    assert_eq!(
+        store
+            .review_act(&act(bob.id, None, "dismiss", 4), 8_500)
+            .unwrap(),
+        ActOutcome::Applied {
+            version: 5,
+            decision: Some("pass".into())
+        }
+    );
+    let done = store.review_item(item.id).unwrap().unwrap();
+    assert_eq!(
+        done.item.first_decided_at_ms,
+        Some(5_000),
+        "first decision kept"
+    );
+    assert_eq!(done.item.decided_at_ms, Some(8_500));
+    assert!(done
+        .findings
+        .iter()
+        .all(|f| f.status == FindingStatus::Dismissed));
+    let h = store.review_history(item.id).unwrap();
+    assert_eq!(
+        h.iter()
+            .map(|d| (
+                d.action.as_str(),
+                d.item_version,
+                d.outcome.as_deref(),
+                d.user_name.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            ("dismiss", 1, None, "ann"),
+            ("confirm", 2, Some("block"), "ann"),
+            ("reopen", 3, Some("block"), "lea"),
+            ("dismiss", 4, Some("pass"), "bob"),
+        ]
+    );
+    assert_eq!(
+        store
+            .review_item_by_verdict_key(&v.idempotency_key())
+            .unwrap()
+            .unwrap()
+            .human_decision
+            .as_deref(),
+        Some("pass")
+    );
+    let log = store.review_audit_log(10).unwrap();
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[0].action, "decision");
+    assert_eq!(log[1].action, "reopen");
+    let m = store.review_metrics().unwrap();
+    assert_eq!((m.items.len(), m.history.len()), (1, 4));
+    // The history and the audit log refuse edits in the database itself.
+    assert!(raw_sql(store, "UPDATE review_decisions SET reason_code = 'x'").is_err());
+    assert!(raw_sql(store, "DELETE FROM review_audit").is_err());
+    assert_eq!(store.review_history(item.id).unwrap().len(), 4);
+}
+
+/// Runs one statement straight on the store's database (to check what the schema refuses).
+fn raw_sql(store: &Store, sql: &str) -> Result<(), String> {
+    let loc = store.path().to_string_lossy().into_owned();
+    if loc.starts_with("postgres://") {
+        let mut c =
+            ::postgres::Client::connect(&loc, ::postgres::NoTls).map_err(|e| e.to_string())?;
+        c.batch_execute(sql).map_err(|e| e.to_string())
+    } else {
+        let c = rusqlite::Connection::open(&loc).map_err(|e| e.to_string())?;
+        c.execute_batch(sql).map_err(|e| e.to_string())
+    }
+}
+
+fn review_evidence_ids_follow_retention(store: &mut Store) {
+    use classguard::store::QueueFilter;
+    let policy = Policy::embedded().unwrap();
+    let v = verdict_with(
+        "rec-e",
+        &[(Label::Nudity, Severity::Critical, Track::Camera)],
+    );
+    store.put_verdict(&v).unwrap();
+    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    store
+        .add_evidence("/data/rec-e/evidence/a.jpg", "rec-e", Some("t1"), t0)
+        .unwrap();
+    classguard::review::queue::sync(store, &policy).unwrap();
+    let item = store
+        .review_queue(&QueueFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        item.teacher_id.as_deref(),
+        Some("t1"),
+        "teacher from the evidence rows"
+    );
+    let detail = store.review_item(item.id).unwrap().unwrap();
+    assert_eq!(
+        detail.evidence_paths,
+        vec!["/data/rec-e/evidence/a.jpg".to_string()]
+    );
+    let id = store
+        .review_evidence_id(item.id, "image", "/data/rec-e/evidence/a.jpg", "id-1")
+        .unwrap();
+    assert_eq!(id, "id-1");
+    assert_eq!(
+        store
+            .review_evidence_id(item.id, "image", "/data/rec-e/evidence/a.jpg", "id-2")
+            .unwrap(),
+        "id-1",
+        "one id per file"
+    );
+    let e = store.review_evidence("id-1").unwrap().unwrap();
+    assert_eq!(
+        (e.item_id, e.recording_id.as_str(), e.kind.as_str()),
+        (item.id, "rec-e", "image")
+    );
+    assert!(store.review_evidence("id-2").unwrap().is_none());
+    // Once retention deletes the file's row, its id no longer serves it.
+    store.expire_evidence(t0).unwrap();
+    assert!(store.review_evidence("id-1").unwrap().is_none());
 }

@@ -6,3 +6,4 @@ pub mod scan;
 pub mod serve;
 pub mod slice_cmd;
 pub mod token;
+pub mod user;

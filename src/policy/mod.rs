@@ -344,6 +344,144 @@ impl EvidencePolicy {
     }
 }
 
+/// What a reviewer does with a reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewActKind {
+    /// The finding (or recording) is a violation.
+    Confirm,
+    /// It is not.
+    Dismiss,
+    /// A lead reopens a decided recording (an appeal).
+    Reopen,
+}
+
+impl ReviewActKind {
+    pub const ALL: [ReviewActKind; 3] = [
+        ReviewActKind::Confirm,
+        ReviewActKind::Dismiss,
+        ReviewActKind::Reopen,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewActKind::Confirm => "confirm",
+            ReviewActKind::Dismiss => "dismiss",
+            ReviewActKind::Reopen => "reopen",
+        }
+    }
+}
+
+impl std::str::FromStr for ReviewActKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ReviewActKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown review action `{s}`"))
+    }
+}
+
+/// A reason a reviewer must give for a decision: the data behind "why" in the history, so that
+/// decisions can be counted by reason and audited against the policy's wording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonCode {
+    /// Stable id stored with every decision: lower-case letters, digits and `_`.
+    pub code: String,
+    /// What the reviewer reads.
+    pub title: String,
+    pub applies_to: Vec<ReviewActKind>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReviewPolicy {
+    /// Share (0..1) of `pass` verdicts put in the review queue at random, as a quality check of
+    /// what the models let through.
+    pub qa_sample_rate: f64,
+    pub reasons: Vec<ReasonCode>,
+}
+
+impl ReviewPolicy {
+    /// The reason codes a kind of act may use, in policy order.
+    pub fn reasons_for(&self, kind: ReviewActKind) -> impl Iterator<Item = &ReasonCode> {
+        self.reasons
+            .iter()
+            .filter(move |r| r.applies_to.contains(&kind))
+    }
+
+    /// Whether `code` may be given for `kind`.
+    pub fn allows(&self, kind: ReviewActKind, code: &str) -> bool {
+        self.reasons_for(kind).any(|r| r.code == code)
+    }
+}
+
+impl Default for ReviewPolicy {
+    fn default() -> Self {
+        use ReviewActKind::{Confirm, Dismiss, Reopen};
+        let r = |code: &str, title: &str, applies_to: &[ReviewActKind]| ReasonCode {
+            code: code.into(),
+            title: title.into(),
+            applies_to: applies_to.to_vec(),
+        };
+        ReviewPolicy {
+            qa_sample_rate: 0.05,
+            reasons: vec![
+                r(
+                    "off_platform_contact",
+                    "Contact details or an off-platform invitation",
+                    &[Confirm],
+                ),
+                r(
+                    "payment_solicitation",
+                    "Payment requested off the platform",
+                    &[Confirm],
+                ),
+                r("explicit_content", "Sexual or explicit content", &[Confirm]),
+                r(
+                    "identity_fraud",
+                    "Someone other than the enrolled teacher",
+                    &[Confirm],
+                ),
+                r(
+                    "teacher_absent",
+                    "Teacher absent from the class",
+                    &[Confirm],
+                ),
+                r(
+                    "abusive_language",
+                    "Abusive or profane language",
+                    &[Confirm],
+                ),
+                r(
+                    "other_violation",
+                    "Another policy violation (say which in the note)",
+                    &[Confirm],
+                ),
+                r(
+                    "false_positive",
+                    "Model error: nothing of the kind is there",
+                    &[Dismiss],
+                ),
+                r(
+                    "allowed_in_context",
+                    "There, but allowed in context (lesson material, a parent helping)",
+                    &[Dismiss],
+                ),
+                r(
+                    "insufficient_evidence",
+                    "The evidence is too poor to tell",
+                    &[Dismiss],
+                ),
+                r("appeal_received", "The teacher appealed", &[Reopen]),
+                r("quality_check", "A lead's quality check", &[Reopen]),
+                r("decided_in_error", "Decided in error", &[Reopen]),
+            ],
+        }
+    }
+}
+
 /// Hard bounds on the input, so a hostile or broken upload cannot exhaust memory, disk or time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -396,6 +534,10 @@ pub struct Policy {
     pub evidence: EvidencePolicy,
     #[serde(default)]
     pub limits: Limits,
+    /// Review-page data (reason codes, the QA sample). Left out of [`Policy::fingerprint`]: it
+    /// changes nothing an audit computes, so editing it must not make every verdict stale.
+    #[serde(default, skip_serializing)]
+    pub review: ReviewPolicy,
     /// `text_rules` compiled once at load.
     #[serde(skip)]
     text: TextPolicy,
@@ -541,6 +683,48 @@ impl Policy {
         v.positive_f("limits.max_fps", l.max_fps);
         v.positive_u("limits.max_slices", l.max_slices);
 
+        let rv = &self.review;
+        if !(0.0..=1.0).contains(&rv.qa_sample_rate) {
+            v.fail(
+                "review.qa_sample_rate",
+                format!("{} is outside [0, 1]", rv.qa_sample_rate),
+            );
+        }
+        for (i, r) in rv.reasons.iter().enumerate() {
+            let ok = !r.code.is_empty()
+                && r.code.len() <= 64
+                && r.code
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                v.fail(
+                    &format!("review.reasons[{i}].code"),
+                    format!("{:?} must be 1-64 of a-z, 0-9 and _", r.code),
+                );
+            }
+            if rv.reasons[..i].iter().any(|o| o.code == r.code) {
+                v.fail(
+                    &format!("review.reasons[{i}].code"),
+                    format!("`{}` is listed twice", r.code),
+                );
+            }
+            v.non_empty(&format!("review.reasons[{i}].title"), &r.title);
+            if r.applies_to.is_empty() {
+                v.fail(
+                    &format!("review.reasons[{i}].applies_to"),
+                    "must name confirm, dismiss or reopen".into(),
+                );
+            }
+        }
+        for kind in ReviewActKind::ALL {
+            if rv.reasons_for(kind).next().is_none() {
+                v.fail(
+                    "review.reasons",
+                    format!("no reason code applies to `{}`", kind.as_str()),
+                );
+            }
+        }
+
         if let Some((field, message)) = v.errors.into_iter().next() {
             return Err(invalid(&field, message));
         }
@@ -680,6 +864,40 @@ mod tests {
         assert!(p.gates.frame_diff.enabled);
         assert_eq!(p.decision.action_for(Label::Nudity), Action::Block);
         assert_eq!(p.text().rule_count(), 0);
+    }
+
+    #[test]
+    fn review_reasons_are_data_checked_at_load_and_not_fingerprinted() {
+        let p = Policy::embedded().unwrap();
+        assert!(p.review.allows(ReviewActKind::Dismiss, "false_positive"));
+        assert!(!p.review.allows(ReviewActKind::Confirm, "false_positive"));
+        assert!(p.review.reasons_for(ReviewActKind::Reopen).count() > 0);
+        let base = "name = \"m\"\nversion = \"1\"\n";
+        let with = |review: &str| Policy::from_toml_str(&format!("{base}{review}"), "mem");
+        let custom = with(
+            "[review]\nqa_sample_rate = 0.5\nreasons = [\n\
+             { code = \"yes\", title = \"Y\", applies_to = [\"confirm\", \"reopen\"] },\n\
+             { code = \"no\", title = \"N\", applies_to = [\"dismiss\"] } ]\n",
+        )
+        .unwrap();
+        assert_eq!(custom.review.reasons.len(), 2);
+        assert_eq!(
+            custom.fingerprint(),
+            with("").unwrap().fingerprint(),
+            "review data does not change the fingerprint"
+        );
+        let err = with(
+            "[review]\nreasons = [{ code = \"yes\", title = \"Y\", applies_to = [\"confirm\"] }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("review.reasons"));
+        let err = with("[review]\nqa_sample_rate = 2.0\n").unwrap_err();
+        assert_eq!(err.field(), Some("review.qa_sample_rate"));
+        let err = with(
+            "[review]\nreasons = [{ code = \"Bad Code\", title = \"Y\", applies_to = [\"confirm\"] }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("review.reasons[0].code"));
     }
 
     #[test]

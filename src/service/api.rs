@@ -42,10 +42,12 @@ pub struct RecordingStatus {
 
 async fn describe(state: &Shared, row: RecordingRow) -> Result<RecordingStatus, ApiError> {
     let decision = match row.verdict_key.clone() {
-        Some(key) => state
-            .db(move |s| s.get_verdict_by_key(&key))
-            .await?
-            .map(|v| v.decision.as_str().to_string()),
+        // The human decision once a reviewer decided, as in the verdict document.
+        Some(key) => {
+            state
+                .db(move |s| crate::review::decisions::current_decision(s, &key))
+                .await?
+        }
         None => None,
     };
     Ok(RecordingStatus {
@@ -190,8 +192,9 @@ async fn verdict(
             ),
         ));
     };
+    // After human review, the reviewed decision (the model's is kept alongside).
     let json = state
-        .db(move |s| s.get_verdict_json(&key))
+        .db(move |s| crate::review::decisions::api_verdict(s, &key))
         .await?
         .ok_or_else(|| ApiError::internal("verdict row missing".into()))?;
     Ok((StatusCode::OK, [("content-type", "application/json")], json).into_response())

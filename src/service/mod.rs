@@ -78,6 +78,8 @@ pub struct Config {
     /// A job whose worker stops heart-beating for this long is taken over by another worker.
     pub job_lease: Duration,
     pub policy: Option<PathBuf>,
+    /// The review page's leases, sessions and lockout.
+    pub review: crate::review::Settings,
 }
 
 impl Config {
@@ -93,6 +95,7 @@ impl Config {
             model_workers: 1,
             job_lease: Duration::from_secs(30),
             policy: None,
+            review: crate::review::Settings::default(),
         }
     }
 }
@@ -280,14 +283,34 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    // The review page (src/review).
+    ("get", "/review"),
+    ("get", "/review/login"),
+    ("post", "/review/login"),
+    ("post", "/review/logout"),
+    ("get", "/review/items/{id}"),
+    ("post", "/review/items/{id}/claim"),
+    ("post", "/review/items/{id}/decide"),
+    ("post", "/review/items/{id}/reopen"),
+    ("get", "/review/evidence/{id}"),
+    ("post", "/review/evidence/{id}/reveal"),
+    ("get", "/review/metrics"),
+    ("get", "/review/audit"),
+    ("get", "/review/users"),
+    ("post", "/review/users/{id}"),
+    ("get", "/review/settings"),
+    ("post", "/review/settings"),
+    ("get", "/review/static/review.js"),
+    ("get", "/review/static/review.css"),
 ];
 
 /// The whole HTTP surface.
-pub fn router(state: Shared) -> Router {
+pub fn router(state: Shared, review: crate::review::ReviewShared) -> Router {
     Router::new()
         .merge(tus::routes())
         .merge(api::routes())
         .merge(ops::routes())
+        .merge(crate::review::routes(review))
         .with_state(state)
 }
 
@@ -323,6 +346,7 @@ pub async fn serve(
         .map_err(|e| ServiceError::Models(e.to_string()))?
     };
     let models = Arc::new(models);
+    let review = crate::review::Review::new(state.clone(), policy.clone());
     worker::start(state.clone(), models, policy);
     tus::start_expiry_sweeper(state.clone());
     webhook::start(state.clone());
@@ -332,7 +356,7 @@ pub async fn serve(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%addr, "listening");
     on_listening(addr);
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state, review))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServiceError::Serve)

@@ -11,6 +11,7 @@
 //! [`Store::erase_teacher`] can say which files to delete.
 
 pub mod postgres;
+mod review_sql;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ pub enum StoreError {
     TokenExists(String),
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    #[error("a staff account named {0:?} already exists")]
+    UserExists(String),
 }
 
 /// Review state of a finding.
@@ -358,6 +361,61 @@ pub trait Backend: Send {
         next_at_ms: Option<i64>,
         error: &str,
     ) -> Result<(), StoreError>;
+
+    // ---- review page ----
+    fn review_add_user(&mut self, new: &NewUser, now_ms: i64) -> Result<UserRow, StoreError>;
+    fn review_user_by_name(&mut self, name: &str) -> Result<Option<UserRow>, StoreError>;
+    fn review_user_by_id(&mut self, id: i64) -> Result<Option<UserRow>, StoreError>;
+    fn review_list_users(&mut self) -> Result<Vec<UserRow>, StoreError>;
+    fn review_login_result(
+        &mut self,
+        user_id: i64,
+        ok: bool,
+        now_ms: i64,
+        lockout: Lockout,
+    ) -> Result<Option<UserRow>, StoreError>;
+    fn review_update_user(&mut self, id: i64, change: &UserChange) -> Result<bool, StoreError>;
+    fn review_create_session(&mut self, s: &NewSession) -> Result<(), StoreError>;
+    fn review_session(
+        &mut self,
+        id_hash: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> Result<Option<(SessionRow, UserRow)>, StoreError>;
+    fn review_delete_session(&mut self, id_hash: &str) -> Result<(), StoreError>;
+    fn review_unsynced_verdicts(&mut self, limit: i64) -> Result<Vec<UnsyncedVerdict>, StoreError>;
+    fn review_insert_item(&mut self, item: &NewReviewItem) -> Result<bool, StoreError>;
+    fn review_queue(&mut self, filter: &QueueFilter) -> Result<Vec<ReviewItemRow>, StoreError>;
+    fn review_label_counts(
+        &mut self,
+        filter: &QueueFilter,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+    fn review_item(&mut self, id: i64) -> Result<Option<ItemDetail>, StoreError>;
+    fn review_claim(
+        &mut self,
+        item_id: i64,
+        user_id: i64,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimState>, StoreError>;
+    fn review_release(&mut self, item_id: i64, user_id: i64) -> Result<(), StoreError>;
+    fn review_act(&mut self, act: &ReviewAct, now_ms: i64) -> Result<ActOutcome, StoreError>;
+    fn review_history(&mut self, item_id: i64) -> Result<Vec<DecisionRow>, StoreError>;
+    fn review_audit(&mut self, entry: &AuditEntry, now_ms: i64) -> Result<(), StoreError>;
+    fn review_audit_log(&mut self, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
+    fn review_evidence_id(
+        &mut self,
+        item_id: i64,
+        kind: &str,
+        path: &str,
+        new_id: &str,
+    ) -> Result<String, StoreError>;
+    fn review_evidence(&mut self, id: &str) -> Result<Option<EvidenceRef>, StoreError>;
+    fn review_item_by_verdict_key(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<ReviewItemRow>, StoreError>;
+    fn review_metrics(&mut self) -> Result<MetricsData, StoreError>;
 }
 
 /// The store, over either backend. Safe to share between threads (calls are serialised).
@@ -751,5 +809,404 @@ impl Store {
         error: &str,
     ) -> Result<(), StoreError> {
         self.b().delivery_failed(id, next_at_ms, error)
+    }
+}
+
+// ---- review page (src/review): staff accounts, sessions, the queue, claims, decisions, audit ----
+
+/// A staff account of the review page. The password is kept only as an argon2 PHC string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: i64,
+    pub name: String,
+    /// `reviewer`, `lead` or `admin`.
+    pub role: String,
+    pub password_hash: String,
+    /// Failed sign-ins since the last good one.
+    pub failed_logins: i64,
+    /// Sign-in is refused until then (0: not locked).
+    pub locked_until_ms: i64,
+    /// Evidence is shown unblurred and unmuted without a click (the user's own choice).
+    pub reveal_default: bool,
+    pub disabled: bool,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub name: String,
+    pub role: String,
+    pub password_hash: String,
+}
+
+/// After `max_failures` failed sign-ins in a row, the account is locked for `lock_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockout {
+    pub max_failures: i64,
+    pub lock_ms: i64,
+}
+
+/// `None` fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChange {
+    pub password_hash: Option<String>,
+    pub role: Option<String>,
+    pub disabled: Option<bool>,
+    pub reveal_default: Option<bool>,
+    /// Clears the failure count and any lock.
+    pub unlock: bool,
+}
+
+/// A signed-in browser. The cookie value is never stored, only its sha256 (`id_hash`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub id_hash: String,
+    pub user_id: i64,
+    /// Anti-CSRF token every state-changing request of this session must carry.
+    pub csrf: String,
+    pub now_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub user_id: i64,
+    pub csrf: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A verdict that has no review item yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsyncedVerdict {
+    pub verdict_id: i64,
+    pub recording_id: String,
+    pub decision: String,
+    pub created_at_ms: i64,
+    pub teacher_id: Option<String>,
+    /// Worst finding severity: 0 info .. 4 critical, -1 without findings.
+    pub severity_rank: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReviewItem {
+    pub verdict: UnsyncedVerdict,
+    /// Shown in the queue (review/block, and the sampled passes).
+    pub in_queue: bool,
+    /// A `pass` picked at random for quality checks.
+    pub qa_sample: bool,
+}
+
+/// Which queue items to list; `None` filters nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFilter {
+    /// `open` or `decided`.
+    pub state: Option<String>,
+    pub label: Option<String>,
+    pub track: Option<String>,
+    /// The model's decision.
+    pub decision: Option<String>,
+    pub teacher: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub limit: i64,
+}
+
+/// One recording's verdict as the review queue tracks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewItemRow {
+    pub id: i64,
+    pub verdict_id: i64,
+    pub recording_id: String,
+    pub model_decision: String,
+    pub severity_rank: i64,
+    pub teacher_id: Option<String>,
+    pub created_at_ms: i64,
+    pub qa_sample: bool,
+    /// `open` or `decided`.
+    pub state: String,
+    /// `pass` or `block` once decided.
+    pub human_decision: Option<String>,
+    /// Bumped by every decision and reopening: a decision names the version it was made on.
+    pub version: i64,
+    pub first_decided_at_ms: Option<i64>,
+    pub decided_at_ms: Option<i64>,
+    pub claimed_by: Option<i64>,
+    pub claimed_by_name: Option<String>,
+    pub claim_until_ms: Option<i64>,
+    /// Distinct finding labels, sorted.
+    pub labels: Vec<String>,
+    pub findings: i64,
+}
+
+/// An item with what its page shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemDetail {
+    pub item: ReviewItemRow,
+    pub verdict_json: String,
+    /// In verdict order (the order of `findings` in the verdict JSON).
+    pub findings: Vec<FindingRow>,
+    /// Evidence files of the recording still registered (not expired or erased).
+    pub evidence_paths: Vec<String>,
+}
+
+/// Who holds an item's lease after a claim attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimState {
+    pub holder: i64,
+    pub holder_name: String,
+    pub until_ms: i64,
+    pub mine: bool,
+}
+
+/// A confirm/dismiss (of one finding, or of the whole recording with `finding_id: None`) or a
+/// reopening, made on item version `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewAct {
+    pub item_id: i64,
+    pub user_id: i64,
+    pub finding_id: Option<i64>,
+    /// `confirm`, `dismiss` or `reopen`.
+    pub action: String,
+    pub reason_code: String,
+    pub note: Option<String>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActOutcome {
+    Applied {
+        version: i64,
+        /// The recording's human decision when this closed the item.
+        decision: Option<String>,
+    },
+    /// The item changed since the page was loaded.
+    Stale {
+        current: i64,
+    },
+    /// Another reviewer holds the lease (or the caller's ran out).
+    NotClaimed {
+        holder: Option<i64>,
+    },
+    /// A decision on a decided item (it must be reopened first), or a reopening of an open one.
+    WrongState {
+        state: String,
+    },
+    NoSuchItem,
+    NoSuchFinding,
+}
+
+/// One entry of an item's append-only history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub id: i64,
+    pub item_id: i64,
+    pub finding_id: Option<i64>,
+    pub action: String,
+    pub reason_code: String,
+    pub note: Option<String>,
+    pub user_id: i64,
+    pub user_name: String,
+    pub item_version: i64,
+    /// After a decision: the recording's decision if it closed the item. After a reopening:
+    /// the decision it reopened.
+    pub outcome: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// An audit log entry to write. `detail` carries ids and codes, never names or passwords.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub user_id: Option<i64>,
+    pub action: String,
+    pub item_id: Option<i64>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at_ms: i64,
+    pub user_id: Option<i64>,
+    pub action: String,
+    pub item_id: Option<i64>,
+    pub detail: String,
+}
+
+/// An evidence file as the review page serves it, by its random id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceRef {
+    pub id: String,
+    pub item_id: i64,
+    pub recording_id: String,
+    /// `image` or `audio`.
+    pub kind: String,
+    pub path: String,
+}
+
+/// What the metrics page aggregates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsData {
+    /// Every queued item.
+    pub items: Vec<ReviewItemRow>,
+    /// Every decision and reopening, oldest first.
+    pub history: Vec<DecisionRow>,
+}
+
+/// Queue rank of a severity name (`critical` 4 .. `info` 0).
+pub fn severity_rank(severity: &str) -> i64 {
+    match severity {
+        "critical" => 4,
+        "high" => 3,
+        "medium" => 2,
+        "low" => 1,
+        _ => 0,
+    }
+}
+
+impl Store {
+    /// Creates a staff account; names are unique.
+    pub fn review_add_user(&self, new: &NewUser) -> Result<UserRow, StoreError> {
+        self.b().review_add_user(new, now_ms())
+    }
+
+    pub fn review_user_by_name(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
+        self.b().review_user_by_name(name)
+    }
+
+    pub fn review_user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        self.b().review_user_by_id(id)
+    }
+
+    pub fn review_list_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.b().review_list_users()
+    }
+
+    /// Counts a failed sign-in (locking the account at the limit) or clears the count after a good
+    /// one, in one statement so concurrent attempts cannot under-count. Returns the updated user.
+    pub fn review_login_result(
+        &self,
+        user_id: i64,
+        ok: bool,
+        now_ms: i64,
+        lockout: Lockout,
+    ) -> Result<Option<UserRow>, StoreError> {
+        self.b().review_login_result(user_id, ok, now_ms, lockout)
+    }
+
+    /// `false` if there is no such user.
+    pub fn review_update_user(&self, id: i64, change: &UserChange) -> Result<bool, StoreError> {
+        self.b().review_update_user(id, change)
+    }
+
+    pub fn review_create_session(&self, s: &NewSession) -> Result<(), StoreError> {
+        self.b().review_create_session(s)
+    }
+
+    /// The live session with this hash and its (enabled) user; a session idle for more than
+    /// `idle_ms` or past its expiry is deleted and not returned. Touches `last_seen`.
+    pub fn review_session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> Result<Option<(SessionRow, UserRow)>, StoreError> {
+        self.b().review_session(id_hash, now_ms, idle_ms)
+    }
+
+    pub fn review_delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        self.b().review_delete_session(id_hash)
+    }
+
+    /// Verdicts the review queue has not seen yet, oldest first.
+    pub fn review_unsynced_verdicts(&self, limit: i64) -> Result<Vec<UnsyncedVerdict>, StoreError> {
+        self.b().review_unsynced_verdicts(limit)
+    }
+
+    /// One item per verdict; `false` if it already had one.
+    pub fn review_insert_item(&self, item: &NewReviewItem) -> Result<bool, StoreError> {
+        self.b().review_insert_item(item)
+    }
+
+    /// Queued items, worst severity first, then oldest first.
+    pub fn review_queue(&self, filter: &QueueFilter) -> Result<Vec<ReviewItemRow>, StoreError> {
+        self.b().review_queue(filter)
+    }
+
+    /// Queued items per finding label under `filter` (its `label` is ignored).
+    pub fn review_label_counts(
+        &self,
+        filter: &QueueFilter,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        self.b().review_label_counts(filter)
+    }
+
+    pub fn review_item(&self, id: i64) -> Result<Option<ItemDetail>, StoreError> {
+        self.b().review_item(id)
+    }
+
+    /// Takes (or renews) the lease of an item for `lease_ms` unless another user holds a live one;
+    /// returns who holds it now. `None`: no such item.
+    pub fn review_claim(
+        &self,
+        item_id: i64,
+        user_id: i64,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimState>, StoreError> {
+        self.b().review_claim(item_id, user_id, now_ms, lease_ms)
+    }
+
+    /// Gives the lease back if this user holds it.
+    pub fn review_release(&self, item_id: i64, user_id: i64) -> Result<(), StoreError> {
+        self.b().review_release(item_id, user_id)
+    }
+
+    /// Applies a decision or reopening in one transaction, if the item is still at `act.version`
+    /// and (for decisions) the caller holds its lease: finding statuses, the item's state and
+    /// version, the history row and the audit entry change together or not at all.
+    pub fn review_act(&self, act: &ReviewAct, now_ms: i64) -> Result<ActOutcome, StoreError> {
+        self.b().review_act(act, now_ms)
+    }
+
+    pub fn review_history(&self, item_id: i64) -> Result<Vec<DecisionRow>, StoreError> {
+        self.b().review_history(item_id)
+    }
+
+    pub fn review_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.b().review_audit(entry, now_ms())
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn review_audit_log(&self, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        self.b().review_audit_log(limit)
+    }
+
+    /// The id of an evidence file of an item: `new_id` the first time, the stored one after.
+    pub fn review_evidence_id(
+        &self,
+        item_id: i64,
+        kind: &str,
+        path: &str,
+        new_id: &str,
+    ) -> Result<String, StoreError> {
+        self.b().review_evidence_id(item_id, kind, path, new_id)
+    }
+
+    /// An evidence file by id, only while it is still registered (retention and erasure win).
+    pub fn review_evidence(&self, id: &str) -> Result<Option<EvidenceRef>, StoreError> {
+        self.b().review_evidence(id)
+    }
+
+    /// The review item of the verdict with this idempotency key.
+    pub fn review_item_by_verdict_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<ReviewItemRow>, StoreError> {
+        self.b().review_item_by_verdict_key(key)
+    }
+
+    pub fn review_metrics(&self) -> Result<MetricsData, StoreError> {
+        self.b().review_metrics()
     }
 }

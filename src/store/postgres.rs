@@ -4,9 +4,15 @@
 
 use postgres::{Client, NoTls, Row};
 
+use super::review_sql::{act_audit, finding_status, next_state, refuse, ItemLock};
 use super::{
     to_i64, Backend, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow, NewRecording,
     RecordingRow, RecordingState, StoreError, TokenRow,
+};
+use super::{
+    ActOutcome, AuditEntry, AuditRow, ClaimState, DecisionRow, EvidenceRef, ItemDetail, Lockout,
+    MetricsData, NewReviewItem, NewSession, NewUser, QueueFilter, ReviewAct, ReviewItemRow,
+    SessionRow, UnsyncedVerdict, UserChange, UserRow,
 };
 use crate::verdict::Verdict;
 
@@ -116,6 +122,84 @@ const MIGRATIONS: &[&str] = &[
         last_error      TEXT
     );
     CREATE INDEX webhook_due ON webhook_deliveries(state, next_at_ms);
+    "#,
+    // 3: review page: staff accounts, sessions, queue items with leases and versions, the
+    // append-only decision history and audit log, evidence ids.
+    r#"
+    CREATE TABLE review_users (
+        id               BIGSERIAL PRIMARY KEY,
+        name             TEXT NOT NULL UNIQUE,
+        role             TEXT NOT NULL CHECK (role IN ('reviewer', 'lead', 'admin')),
+        password_hash    TEXT NOT NULL,
+        failed_logins    BIGINT NOT NULL DEFAULT 0,
+        locked_until_ms  BIGINT NOT NULL DEFAULT 0,
+        reveal_default   BIGINT NOT NULL DEFAULT 0,
+        disabled         BIGINT NOT NULL DEFAULT 0,
+        created_at_ms    BIGINT NOT NULL
+    );
+    CREATE TABLE review_sessions (
+        id_hash        TEXT PRIMARY KEY,
+        user_id        BIGINT NOT NULL REFERENCES review_users(id) ON DELETE CASCADE,
+        csrf           TEXT NOT NULL,
+        created_at_ms  BIGINT NOT NULL,
+        last_seen_ms   BIGINT NOT NULL,
+        expires_at_ms  BIGINT NOT NULL
+    );
+    CREATE INDEX review_sessions_user ON review_sessions(user_id);
+    CREATE TABLE review_items (
+        id                   BIGSERIAL PRIMARY KEY,
+        verdict_id           BIGINT NOT NULL UNIQUE REFERENCES verdicts(id),
+        recording_id         TEXT NOT NULL,
+        model_decision       TEXT NOT NULL,
+        severity_rank        BIGINT NOT NULL,
+        teacher_id           TEXT,
+        created_at_ms        BIGINT NOT NULL,
+        in_queue             BIGINT NOT NULL,
+        qa_sample            BIGINT NOT NULL DEFAULT 0,
+        state                TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'decided')),
+        human_decision       TEXT,
+        version              BIGINT NOT NULL DEFAULT 1,
+        first_decided_at_ms  BIGINT,
+        decided_at_ms        BIGINT,
+        claimed_by           BIGINT REFERENCES review_users(id),
+        claim_until_ms       BIGINT
+    );
+    CREATE INDEX review_items_queue ON review_items(in_queue, state, severity_rank, created_at_ms);
+    CREATE INDEX review_items_recording ON review_items(recording_id);
+    CREATE TABLE review_decisions (
+        id             BIGSERIAL PRIMARY KEY,
+        item_id        BIGINT NOT NULL REFERENCES review_items(id),
+        finding_id     BIGINT,
+        action         TEXT NOT NULL CHECK (action IN ('confirm', 'dismiss', 'reopen')),
+        reason_code    TEXT NOT NULL,
+        note           TEXT,
+        user_id        BIGINT NOT NULL REFERENCES review_users(id),
+        item_version   BIGINT NOT NULL,
+        outcome        TEXT,
+        created_at_ms  BIGINT NOT NULL
+    );
+    CREATE INDEX review_decisions_item ON review_decisions(item_id, id);
+    CREATE TABLE review_audit (
+        id       BIGSERIAL PRIMARY KEY,
+        at_ms    BIGINT NOT NULL,
+        user_id  BIGINT,
+        action   TEXT NOT NULL,
+        item_id  BIGINT,
+        detail   TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE review_evidence (
+        id       TEXT PRIMARY KEY,
+        item_id  BIGINT NOT NULL REFERENCES review_items(id),
+        kind     TEXT NOT NULL CHECK (kind IN ('image', 'audio')),
+        path     TEXT NOT NULL,
+        UNIQUE (item_id, path)
+    );
+    CREATE FUNCTION review_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$;
+    CREATE TRIGGER review_decisions_append_only BEFORE UPDATE OR DELETE ON review_decisions
+        FOR EACH ROW EXECUTE FUNCTION review_append_only();
+    CREATE TRIGGER review_audit_append_only BEFORE UPDATE OR DELETE ON review_audit
+        FOR EACH ROW EXECUTE FUNCTION review_append_only();
     "#,
 ];
 
@@ -728,6 +812,670 @@ impl Backend for PostgresBackend {
         )?;
         Ok(())
     }
+
+    fn review_add_user(&mut self, new: &NewUser, now_ms: i64) -> Result<UserRow, StoreError> {
+        let row = self.client.query_opt(
+            &format!(
+                "INSERT INTO review_users (name, role, password_hash, created_at_ms)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING {USER_COLUMNS}"
+            ),
+            &[&new.name, &new.role, &new.password_hash, &now_ms],
+        )?;
+        match row {
+            Some(r) => user_row(&r, 0),
+            None => Err(StoreError::UserExists(new.name.clone())),
+        }
+    }
+
+    fn review_user_by_name(&mut self, name: &str) -> Result<Option<UserRow>, StoreError> {
+        self.client
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM review_users WHERE name = $1"),
+                &[&name],
+            )?
+            .map(|r| user_row(&r, 0))
+            .transpose()
+    }
+
+    fn review_user_by_id(&mut self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        self.client
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM review_users WHERE id = $1"),
+                &[&id],
+            )?
+            .map(|r| user_row(&r, 0))
+            .transpose()
+    }
+
+    fn review_list_users(&mut self) -> Result<Vec<UserRow>, StoreError> {
+        self.client
+            .query(
+                &format!("SELECT {USER_COLUMNS} FROM review_users ORDER BY name"),
+                &[],
+            )?
+            .iter()
+            .map(|r| user_row(r, 0))
+            .collect()
+    }
+
+    fn review_login_result(
+        &mut self,
+        user_id: i64,
+        ok: bool,
+        now_ms: i64,
+        lockout: Lockout,
+    ) -> Result<Option<UserRow>, StoreError> {
+        let row = if ok {
+            self.client.query_opt(
+                &format!(
+                    "UPDATE review_users SET failed_logins = 0, locked_until_ms = 0
+                     WHERE id = $1 RETURNING {USER_COLUMNS}"
+                ),
+                &[&user_id],
+            )?
+        } else {
+            self.client.query_opt(
+                &format!(
+                    "UPDATE review_users SET failed_logins = failed_logins + 1,
+                         locked_until_ms = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until_ms END
+                     WHERE id = $1 RETURNING {USER_COLUMNS}"
+                ),
+                &[&user_id, &lockout.max_failures, &(now_ms + lockout.lock_ms)],
+            )?
+        };
+        row.map(|r| user_row(&r, 0)).transpose()
+    }
+
+    fn review_update_user(&mut self, id: i64, c: &UserChange) -> Result<bool, StoreError> {
+        Ok(self.client.execute(
+            "UPDATE review_users SET
+                 password_hash = COALESCE($2, password_hash),
+                 role = COALESCE($3, role),
+                 disabled = COALESCE($4, disabled),
+                 reveal_default = COALESCE($5, reveal_default),
+                 failed_logins = CASE WHEN $6 THEN 0 ELSE failed_logins END,
+                 locked_until_ms = CASE WHEN $6 THEN 0 ELSE locked_until_ms END
+             WHERE id = $1",
+            &[
+                &id,
+                &c.password_hash,
+                &c.role,
+                &c.disabled.map(i64::from),
+                &c.reveal_default.map(i64::from),
+                &c.unlock,
+            ],
+        )? > 0)
+    }
+
+    fn review_create_session(&mut self, s: &NewSession) -> Result<(), StoreError> {
+        self.client.execute(
+            "INSERT INTO review_sessions (id_hash, user_id, csrf, created_at_ms, last_seen_ms, expires_at_ms)
+             VALUES ($1, $2, $3, $4, $4, $5)",
+            &[&s.id_hash, &s.user_id, &s.csrf, &s.now_ms, &s.expires_at_ms],
+        )?;
+        Ok(())
+    }
+
+    fn review_session(
+        &mut self,
+        id_hash: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> Result<Option<(SessionRow, UserRow)>, StoreError> {
+        let Some(r) = self.client.query_opt(
+            &format!(
+                "SELECT s.user_id, s.csrf, s.created_at_ms, s.expires_at_ms, s.last_seen_ms, {}
+                 FROM review_sessions s JOIN review_users u ON u.id = s.user_id WHERE s.id_hash = $1",
+                prefixed_user_columns("u")
+            ),
+            &[&id_hash],
+        )?
+        else {
+            return Ok(None);
+        };
+        let session = SessionRow {
+            user_id: r.try_get(0)?,
+            csrf: r.try_get(1)?,
+            created_at_ms: r.try_get(2)?,
+            expires_at_ms: r.try_get(3)?,
+        };
+        let last_seen: i64 = r.try_get(4)?;
+        let user = user_row(&r, 5)?;
+        if now_ms >= session.expires_at_ms || now_ms - last_seen > idle_ms || user.disabled {
+            self.review_delete_session(id_hash)?;
+            return Ok(None);
+        }
+        if now_ms - last_seen > 60_000 {
+            self.client.execute(
+                "UPDATE review_sessions SET last_seen_ms = $2 WHERE id_hash = $1",
+                &[&id_hash, &now_ms],
+            )?;
+        }
+        Ok(Some((session, user)))
+    }
+
+    fn review_delete_session(&mut self, id_hash: &str) -> Result<(), StoreError> {
+        self.client.execute(
+            "DELETE FROM review_sessions WHERE id_hash = $1",
+            &[&id_hash],
+        )?;
+        Ok(())
+    }
+
+    fn review_unsynced_verdicts(&mut self, limit: i64) -> Result<Vec<UnsyncedVerdict>, StoreError> {
+        self.client
+            .query(
+                &format!(
+                    "SELECT v.id, v.recording_id, v.decision, v.created_at * 1000,
+                            COALESCE((SELECT r.teacher_id FROM recordings r WHERE r.id = v.recording_id),
+                                     (SELECT e.teacher_id FROM evidence e
+                                      WHERE e.recording_id = v.recording_id AND e.teacher_id IS NOT NULL LIMIT 1)),
+                            COALESCE((SELECT MAX({SEVERITY_RANK}) FROM findings f WHERE f.verdict_id = v.id), -1)::BIGINT
+                     FROM verdicts v
+                     WHERE NOT EXISTS (SELECT 1 FROM review_items i WHERE i.verdict_id = v.id)
+                     ORDER BY v.id LIMIT $1"
+                ),
+                &[&limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(UnsyncedVerdict {
+                    verdict_id: r.try_get(0)?,
+                    recording_id: r.try_get(1)?,
+                    decision: r.try_get(2)?,
+                    created_at_ms: r.try_get(3)?,
+                    teacher_id: r.try_get(4)?,
+                    severity_rank: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    fn review_insert_item(&mut self, item: &NewReviewItem) -> Result<bool, StoreError> {
+        let v = &item.verdict;
+        Ok(self.client.execute(
+            "INSERT INTO review_items (verdict_id, recording_id, model_decision, severity_rank, teacher_id,
+                                       created_at_ms, in_queue, qa_sample)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (verdict_id) DO NOTHING",
+            &[
+                &v.verdict_id,
+                &v.recording_id,
+                &v.decision,
+                &v.severity_rank,
+                &v.teacher_id,
+                &v.created_at_ms,
+                &i64::from(item.in_queue),
+                &i64::from(item.qa_sample),
+            ],
+        )? > 0)
+    }
+
+    fn review_queue(&mut self, f: &QueueFilter) -> Result<Vec<ReviewItemRow>, StoreError> {
+        self.client
+            .query(
+                &format!(
+                    "{ITEM_SELECT} WHERE {QUEUE_WHERE}
+                     ORDER BY i.severity_rank DESC, i.created_at_ms ASC, i.id ASC LIMIT $8"
+                ),
+                &[
+                    &f.state,
+                    &f.label,
+                    &f.track,
+                    &f.decision,
+                    &f.teacher,
+                    &f.from_ms,
+                    &f.to_ms,
+                    &f.limit,
+                ],
+            )?
+            .iter()
+            .map(item_row)
+            .collect()
+    }
+
+    fn review_label_counts(&mut self, f: &QueueFilter) -> Result<Vec<(String, i64)>, StoreError> {
+        let none: Option<String> = None;
+        self.client
+            .query(
+                &format!(
+                    "SELECT l.label, COUNT(DISTINCT i.id)
+                     FROM review_items i JOIN findings l ON l.verdict_id = i.verdict_id
+                     WHERE {QUEUE_WHERE}
+                     GROUP BY l.label ORDER BY l.label"
+                ),
+                &[
+                    &f.state,
+                    &none,
+                    &f.track,
+                    &f.decision,
+                    &f.teacher,
+                    &f.from_ms,
+                    &f.to_ms,
+                ],
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    fn review_item(&mut self, id: i64) -> Result<Option<ItemDetail>, StoreError> {
+        let Some(r) = self
+            .client
+            .query_opt(&format!("{ITEM_SELECT} WHERE i.id = $1"), &[&id])?
+        else {
+            return Ok(None);
+        };
+        let item = item_row(&r)?;
+        let verdict_json: String = self
+            .client
+            .query_one(
+                "SELECT verdict_json FROM verdicts WHERE id = $1",
+                &[&item.verdict_id],
+            )?
+            .try_get(0)?;
+        let findings = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {FINDING_COLUMNS} FROM findings WHERE verdict_id = $1 ORDER BY id"
+                ),
+                &[&item.verdict_id],
+            )?
+            .iter()
+            .map(finding_row)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let evidence_paths = self
+            .client
+            .query(
+                "SELECT path FROM evidence WHERE recording_id = $1 ORDER BY path",
+                &[&item.recording_id],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(ItemDetail {
+            item,
+            verdict_json,
+            findings,
+            evidence_paths,
+        }))
+    }
+
+    fn review_claim(
+        &mut self,
+        item_id: i64,
+        user_id: i64,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimState>, StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.execute(
+            "UPDATE review_items SET claimed_by = $2, claim_until_ms = $4
+             WHERE id = $1 AND state = 'open'
+               AND (claimed_by IS NULL OR claimed_by = $2 OR claim_until_ms < $3)",
+            &[&item_id, &user_id, &now_ms, &(now_ms + lease_ms)],
+        )?;
+        let held = tx.query_opt(
+            "SELECT i.claimed_by, COALESCE(u.name, ''), COALESCE(i.claim_until_ms, 0)
+             FROM review_items i LEFT JOIN review_users u ON u.id = i.claimed_by WHERE i.id = $1",
+            &[&item_id],
+        )?;
+        tx.commit()?;
+        let Some(r) = held else {
+            return Ok(None);
+        };
+        let holder: Option<i64> = r.try_get(0)?;
+        let until: i64 = r.try_get(2)?;
+        Ok(match holder {
+            Some(h) => Some(ClaimState {
+                holder: h,
+                holder_name: r.try_get(1)?,
+                until_ms: until,
+                mine: h == user_id && until >= now_ms,
+            }),
+            None => None,
+        })
+    }
+
+    fn review_release(&mut self, item_id: i64, user_id: i64) -> Result<(), StoreError> {
+        self.client.execute(
+            "UPDATE review_items SET claimed_by = NULL, claim_until_ms = NULL WHERE id = $1 AND claimed_by = $2",
+            &[&item_id, &user_id],
+        )?;
+        Ok(())
+    }
+
+    fn review_act(&mut self, act: &ReviewAct, now_ms: i64) -> Result<ActOutcome, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let Some(r) = tx.query_opt(
+            "SELECT state, version, claimed_by, claim_until_ms, verdict_id, human_decision
+             FROM review_items WHERE id = $1 FOR UPDATE",
+            &[&act.item_id],
+        )?
+        else {
+            return Ok(ActOutcome::NoSuchItem);
+        };
+        let cur = ItemLock {
+            state: r.try_get(0)?,
+            version: r.try_get(1)?,
+            claimed_by: r.try_get(2)?,
+            claim_until_ms: r.try_get(3)?,
+            verdict_id: r.try_get(4)?,
+            human_decision: r.try_get(5)?,
+        };
+        if let Some(refused) = refuse(act, &cur, now_ms) {
+            return Ok(refused);
+        }
+        if let Some(fid) = act.finding_id {
+            let n: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM findings WHERE id = $1 AND verdict_id = $2",
+                    &[&fid, &cur.verdict_id],
+                )?
+                .try_get(0)?;
+            if n == 0 {
+                return Ok(ActOutcome::NoSuchFinding);
+            }
+        }
+        let t = now_ms / 1000;
+        match (act.action.as_str(), act.finding_id) {
+            ("reopen", _) => {
+                tx.execute(
+                    "UPDATE findings SET status = 'open', updated_at = $2 WHERE verdict_id = $1",
+                    &[&cur.verdict_id, &t],
+                )?;
+            }
+            (status, Some(fid)) => {
+                tx.execute(
+                    "UPDATE findings SET status = $2, reviewer_note = COALESCE($3, reviewer_note), updated_at = $4
+                     WHERE id = $1",
+                    &[&fid, &finding_status(status), &act.note, &t],
+                )?;
+            }
+            ("confirm", None) => {
+                tx.execute(
+                    "UPDATE findings SET status = 'confirmed', updated_at = $2 WHERE verdict_id = $1 AND status = 'open'",
+                    &[&cur.verdict_id, &t],
+                )?;
+            }
+            (_, None) => {
+                tx.execute(
+                    "UPDATE findings SET status = 'dismissed', updated_at = $2 WHERE verdict_id = $1",
+                    &[&cur.verdict_id, &t],
+                )?;
+            }
+        }
+        let counts = tx.query_one(
+            "SELECT COUNT(*) FILTER (WHERE status = 'open'), COUNT(*) FILTER (WHERE status = 'confirmed')
+             FROM findings WHERE verdict_id = $1",
+            &[&cur.verdict_id],
+        )?;
+        let (open, confirmed): (i64, i64) = (counts.try_get(0)?, counts.try_get(1)?);
+        let next = next_state(act, &cur, open, confirmed);
+        let version = cur.version + 1;
+        tx.execute(
+            "UPDATE review_items SET version = $2, state = $3, human_decision = $4,
+                 decided_at_ms = CASE WHEN $3 = 'decided' THEN $5 ELSE decided_at_ms END,
+                 first_decided_at_ms = CASE WHEN $3 = 'decided' THEN COALESCE(first_decided_at_ms, $5)
+                                            ELSE first_decided_at_ms END,
+                 claimed_by = CASE WHEN $3 = 'decided' THEN NULL ELSE claimed_by END,
+                 claim_until_ms = CASE WHEN $3 = 'decided' THEN NULL ELSE claim_until_ms END
+             WHERE id = $1",
+            &[&act.item_id, &version, &next.state, &next.decision, &now_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO review_decisions (item_id, finding_id, action, reason_code, note, user_id, item_version,
+                                           outcome, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &act.item_id,
+                &act.finding_id,
+                &act.action,
+                &act.reason_code,
+                &act.note,
+                &act.user_id,
+                &act.version,
+                &next.outcome,
+                &now_ms,
+            ],
+        )?;
+        let e = act_audit(act);
+        tx.execute(
+            "INSERT INTO review_audit (at_ms, user_id, action, item_id, detail) VALUES ($1, $2, $3, $4, $5)",
+            &[&now_ms, &e.user_id, &e.action, &e.item_id, &e.detail],
+        )?;
+        tx.commit()?;
+        Ok(ActOutcome::Applied {
+            version,
+            decision: next.decision,
+        })
+    }
+
+    fn review_history(&mut self, item_id: i64) -> Result<Vec<DecisionRow>, StoreError> {
+        self.client
+            .query(
+                &format!("{DECISION_SELECT} WHERE d.item_id = $1 ORDER BY d.id"),
+                &[&item_id],
+            )?
+            .iter()
+            .map(decision_row)
+            .collect()
+    }
+
+    fn review_audit(&mut self, e: &AuditEntry, now_ms: i64) -> Result<(), StoreError> {
+        self.client.execute(
+            "INSERT INTO review_audit (at_ms, user_id, action, item_id, detail) VALUES ($1, $2, $3, $4, $5)",
+            &[&now_ms, &e.user_id, &e.action, &e.item_id, &e.detail],
+        )?;
+        Ok(())
+    }
+
+    fn review_audit_log(&mut self, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        self.client
+            .query(
+                "SELECT id, at_ms, user_id, action, item_id, detail FROM review_audit ORDER BY id DESC LIMIT $1",
+                &[&limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                    user_id: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    item_id: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    fn review_evidence_id(
+        &mut self,
+        item_id: i64,
+        kind: &str,
+        path: &str,
+        new_id: &str,
+    ) -> Result<String, StoreError> {
+        self.client.execute(
+            "INSERT INTO review_evidence (id, item_id, kind, path) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (item_id, path) DO NOTHING",
+            &[&new_id, &item_id, &kind, &path],
+        )?;
+        Ok(self
+            .client
+            .query_one(
+                "SELECT id FROM review_evidence WHERE item_id = $1 AND path = $2",
+                &[&item_id, &path],
+            )?
+            .try_get(0)?)
+    }
+
+    fn review_evidence(&mut self, id: &str) -> Result<Option<EvidenceRef>, StoreError> {
+        self.client
+            .query_opt(
+                "SELECT re.id, re.item_id, i.recording_id, re.kind, re.path
+                 FROM review_evidence re JOIN review_items i ON i.id = re.item_id
+                 WHERE re.id = $1 AND EXISTS (SELECT 1 FROM evidence e WHERE e.path = re.path)",
+                &[&id],
+            )?
+            .map(|r| {
+                Ok(EvidenceRef {
+                    id: r.try_get(0)?,
+                    item_id: r.try_get(1)?,
+                    recording_id: r.try_get(2)?,
+                    kind: r.try_get(3)?,
+                    path: r.try_get(4)?,
+                })
+            })
+            .transpose()
+    }
+
+    fn review_item_by_verdict_key(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<ReviewItemRow>, StoreError> {
+        self.client
+            .query_opt(
+                &format!(
+                    "{ITEM_SELECT} JOIN verdicts v ON v.id = i.verdict_id WHERE v.idempotency_key = $1"
+                ),
+                &[&key],
+            )?
+            .map(|r| item_row(&r))
+            .transpose()
+    }
+
+    fn review_metrics(&mut self) -> Result<MetricsData, StoreError> {
+        let items = self
+            .client
+            .query(
+                &format!("{ITEM_SELECT} WHERE i.in_queue = 1 ORDER BY i.id"),
+                &[],
+            )?
+            .iter()
+            .map(item_row)
+            .collect::<Result<_, _>>()?;
+        let history = self
+            .client
+            .query(&format!("{DECISION_SELECT} ORDER BY d.id"), &[])?
+            .iter()
+            .map(decision_row)
+            .collect::<Result<_, _>>()?;
+        Ok(MetricsData { items, history })
+    }
+}
+
+const USER_COLUMNS: &str =
+    "id, name, role, password_hash, failed_logins, locked_until_ms, reveal_default, disabled, created_at_ms";
+
+fn prefixed_user_columns(p: &str) -> String {
+    USER_COLUMNS
+        .split(", ")
+        .map(|c| format!("{p}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn user_row(r: &Row, o: usize) -> Result<UserRow, StoreError> {
+    Ok(UserRow {
+        id: r.try_get(o)?,
+        name: r.try_get(o + 1)?,
+        role: r.try_get(o + 2)?,
+        password_hash: r.try_get(o + 3)?,
+        failed_logins: r.try_get(o + 4)?,
+        locked_until_ms: r.try_get(o + 5)?,
+        reveal_default: r.try_get::<_, i64>(o + 6)? != 0,
+        disabled: r.try_get::<_, i64>(o + 7)? != 0,
+        created_at_ms: r.try_get(o + 8)?,
+    })
+}
+
+/// `severity` of `findings f` as a queue rank (see [`super::severity_rank`]).
+const SEVERITY_RANK: &str =
+    "CASE f.severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2
+     WHEN 'low' THEN 1 ELSE 0 END";
+
+const ITEM_SELECT: &str = "SELECT i.id, i.verdict_id, i.recording_id, i.model_decision, i.severity_rank,
+        i.teacher_id, i.created_at_ms, i.qa_sample, i.state, i.human_decision, i.version,
+        i.first_decided_at_ms, i.decided_at_ms, i.claimed_by, u.name, i.claim_until_ms,
+        (SELECT string_agg(DISTINCT f.label, ',') FROM findings f WHERE f.verdict_id = i.verdict_id),
+        (SELECT COUNT(*) FROM findings f WHERE f.verdict_id = i.verdict_id)
+    FROM review_items i LEFT JOIN review_users u ON u.id = i.claimed_by";
+
+/// Parameters $1..$7: state, label, track, model decision, teacher, from, to (NULL: any).
+const QUEUE_WHERE: &str = "i.in_queue = 1
+    AND ($1::TEXT IS NULL OR i.state = $1)
+    AND ($2::TEXT IS NULL OR EXISTS (SELECT 1 FROM findings f WHERE f.verdict_id = i.verdict_id AND f.label = $2))
+    AND ($3::TEXT IS NULL OR EXISTS (SELECT 1 FROM findings f WHERE f.verdict_id = i.verdict_id AND f.track = $3))
+    AND ($4::TEXT IS NULL OR i.model_decision = $4)
+    AND ($5::TEXT IS NULL OR i.teacher_id = $5)
+    AND ($6::BIGINT IS NULL OR i.created_at_ms >= $6)
+    AND ($7::BIGINT IS NULL OR i.created_at_ms < $7)";
+
+fn item_row(r: &Row) -> Result<ReviewItemRow, StoreError> {
+    Ok(ReviewItemRow {
+        id: r.try_get(0)?,
+        verdict_id: r.try_get(1)?,
+        recording_id: r.try_get(2)?,
+        model_decision: r.try_get(3)?,
+        severity_rank: r.try_get(4)?,
+        teacher_id: r.try_get(5)?,
+        created_at_ms: r.try_get(6)?,
+        qa_sample: r.try_get::<_, i64>(7)? != 0,
+        state: r.try_get(8)?,
+        human_decision: r.try_get(9)?,
+        version: r.try_get(10)?,
+        first_decided_at_ms: r.try_get(11)?,
+        decided_at_ms: r.try_get(12)?,
+        claimed_by: r.try_get(13)?,
+        claimed_by_name: r.try_get(14)?,
+        claim_until_ms: r.try_get(15)?,
+        labels: super::review_sql::split_labels(r.try_get(16)?),
+        findings: r.try_get(17)?,
+    })
+}
+
+const FINDING_COLUMNS: &str =
+    "id, recording_id, label, severity, track, start_ms, end_ms, rule_id, reason, status,
+    reviewer_note, evidence_path";
+
+fn finding_row(r: &Row) -> Result<FindingRow, StoreError> {
+    Ok(FindingRow {
+        id: r.try_get(0)?,
+        recording_id: r.try_get(1)?,
+        label: r.try_get(2)?,
+        severity: r.try_get(3)?,
+        track: r.try_get(4)?,
+        start_ms: r.try_get::<_, i64>(5)?.max(0) as u64,
+        end_ms: r.try_get::<_, i64>(6)?.max(0) as u64,
+        rule_id: r.try_get(7)?,
+        reason: r.try_get(8)?,
+        status: FindingStatus::parse(r.try_get(9)?)?,
+        reviewer_note: r.try_get(10)?,
+        evidence_path: r.try_get(11)?,
+    })
+}
+
+const DECISION_SELECT: &str =
+    "SELECT d.id, d.item_id, d.finding_id, d.action, d.reason_code, d.note, d.user_id,
+        COALESCE(u.name, ''), d.item_version, d.outcome, d.created_at_ms
+    FROM review_decisions d LEFT JOIN review_users u ON u.id = d.user_id";
+
+fn decision_row(r: &Row) -> Result<DecisionRow, StoreError> {
+    Ok(DecisionRow {
+        id: r.try_get(0)?,
+        item_id: r.try_get(1)?,
+        finding_id: r.try_get(2)?,
+        action: r.try_get(3)?,
+        reason_code: r.try_get(4)?,
+        note: r.try_get(5)?,
+        user_id: r.try_get(6)?,
+        user_name: r.try_get(7)?,
+        item_version: r.try_get(8)?,
+        outcome: r.try_get(9)?,
+        created_at_ms: r.try_get(10)?,
+    })
 }
 
 #[cfg(test)]
