@@ -365,8 +365,18 @@ fn run(mut c: Command) -> Output {
             buf
         })
     };
-    let stdout = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let stderr = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {

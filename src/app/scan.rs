@@ -490,7 +490,7 @@ pub fn run(
                     RowStatus::Audited => done.verdict.as_ref().map(|v| v.recording.duration_ms),
                     _ => None,
                 };
-                progress.finish_one(input_bytes(input), audited_ms);
+                progress.finish_one(&input.recording.id, input_bytes(input), audited_ms);
                 rows.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((i, done.row, done.verdict));
@@ -678,13 +678,11 @@ impl Output {
                 collect_files(&dir, &dir, &mut files)
                     .map_err(|e| format!("{}: {e}", dir.display()))?;
                 for rel in files {
-                    let bytes = std::fs::read(dir.join(&rel))
-                        .map_err(|e| format!("{}: {e}", dir.join(&rel).display()))?;
                     client
-                        .put(
+                        .put_file(
                             &url.bucket,
                             &url.key(&format!("{id}/{rel}")),
-                            bytes,
+                            &dir.join(&rel),
                             content_type(&rel),
                         )
                         .map_err(|e| e.to_string())?;
@@ -980,7 +978,8 @@ fn scan_one(input: &Input, session: String, ctx: &Ctx<'_>) -> Done {
     let (verdict, evidence) = match outcome {
         Ok(outcome) => (outcome.verdict, outcome.evidence),
         Err(e) => {
-            eprintln!("error: {}: {e}", rec.id);
+            // On the terminal, not in the logs: the operator needs to know which file.
+            eprintln!("error: {}: {e}", rec.source);
             warn!(recording = %rec.id, "audit failed");
             (
                 audit::error_verdict(rec, &sha, ctx.policy, ctx.models, e.to_string()),
@@ -1101,7 +1100,7 @@ impl Progress {
         }
     }
 
-    fn finish_one(&self, bytes: u64, audited_media_ms: Option<u64>) {
+    fn finish_one(&self, recording: &str, bytes: u64, audited_media_ms: Option<u64>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.done += 1;
         st.bytes += bytes;
@@ -1117,6 +1116,7 @@ impl Progress {
                 0
             };
             info!(
+                recording,
                 done = st.done,
                 total = self.total,
                 media_h = %format!("{:.2}", st.media_ms as f64 / 3_600_000.0),

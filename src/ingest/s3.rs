@@ -414,7 +414,7 @@ impl S3Client {
         })
     }
 
-    /// Writes one object (a verdict, an evidence file).
+    /// Writes one small object (a verdict) from memory.
     pub fn put(
         &self,
         bucket: &str,
@@ -422,31 +422,58 @@ impl S3Client {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(), S3Error> {
+        self.put_body(bucket, key, &Body::Bytes(Bytes::from(body)), content_type)
+    }
+
+    /// Writes one object streamed from a file (evidence, the extracted microphone), so a long
+    /// recording's audio is never held in memory whole.
+    pub fn put_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<(), S3Error> {
+        self.put_body(bucket, key, &Body::File(path), content_type)
+    }
+
+    fn put_body(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &Body<'_>,
+        content_type: &str,
+    ) -> Result<(), S3Error> {
         let uri = format!("s3://{bucket}/{key}");
-        let body = Bytes::from(body);
         self.retrying(&uri, "PutObject", || {
             self.inner.rt.block_on(async {
+                let request = |reason: String, transient: bool| {
+                    (
+                        S3Error::Request {
+                            uri: uri.clone(),
+                            op: "PutObject",
+                            reason,
+                        },
+                        transient,
+                    )
+                };
+                let stream = match body {
+                    Body::Bytes(b) => ByteStream::from(b.clone()),
+                    Body::File(p) => ByteStream::from_path(p)
+                        .await
+                        .map_err(|e| request(format!("{}: {e}", p.display()), false))?,
+                };
                 self.inner
                     .client
                     .put_object()
                     .bucket(bucket)
                     .key(key)
                     .content_type(content_type)
-                    .body(ByteStream::from(body.clone()))
+                    .body(stream)
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| {
-                        let t = transient(&e, status_of(&e));
-                        (
-                            S3Error::Request {
-                                uri: uri.clone(),
-                                op: "PutObject",
-                                reason: describe(&e),
-                            },
-                            t,
-                        )
-                    })
+                    .map_err(|e| request(describe(&e), transient(&e, status_of(&e))))
             })
         })
     }
@@ -536,6 +563,12 @@ impl S3Client {
         }
         Ok(out.body)
     }
+}
+
+/// The body of an upload, made afresh for every attempt.
+enum Body<'a> {
+    Bytes(Bytes),
+    File(&'a std::path::Path),
 }
 
 /// What a reader has done, readable after the reader itself moved to another thread.
