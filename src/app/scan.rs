@@ -455,7 +455,7 @@ pub fn run(
     let workers = opts.workers.max(1);
     let mut summary = ScanSummary::default();
     for e in &p.errors {
-        eprintln!("error: {e}");
+        report_error(&e.to_string());
         summary.rows.push(error_row(e));
     }
     let progress = Progress::new(
@@ -835,7 +835,7 @@ fn scan_one(input: &Input, session: String, ctx: &Ctx<'_>) -> Done {
         emitted: None,
     };
     let fail = |mut done: Done, msg: String| {
-        eprintln!("error: {msg}");
+        report_error(&msg);
         done.row.error = Some(msg);
         done
     };
@@ -979,7 +979,7 @@ fn scan_one(input: &Input, session: String, ctx: &Ctx<'_>) -> Done {
         Ok(outcome) => (outcome.verdict, outcome.evidence),
         Err(e) => {
             // On the terminal, not in the logs: the operator needs to know which file.
-            eprintln!("error: {}: {e}", rec.source);
+            report_error(&format!("{}: {e}", rec.source));
             warn!(recording = %rec.id, "audit failed");
             (
                 audit::error_verdict(rec, &sha, ctx.policy, ctx.models, e.to_string()),
@@ -1143,6 +1143,13 @@ fn set_active_bar(bar: Option<indicatif::ProgressBar>) {
     *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = bar;
 }
 
+/// One `error: ...` line on stderr, above the progress bar if one is drawn.
+fn report_error(msg: &str) {
+    use std::io::Write;
+    // One write: the bar is suspended once for the whole line.
+    let _ = LogWriter.write_all(format!("error: {msg}\n").as_bytes());
+}
+
 /// Stderr for log lines, printed above a scan's progress bar rather than through it (give it to
 /// `tracing_subscriber::fmt().with_writer`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -1191,6 +1198,66 @@ mod tests {
         assert_eq!(session_of(&rec("/d/lesson.webm"), None), "lesson");
         assert_eq!(session_of(&rec("/d/camera.webm"), None), "camera");
         assert_eq!(session_of(&rec("/d/a-camera.webm"), Some("s1")), "s1");
+    }
+
+    #[test]
+    fn progress_counts_recordings_and_audited_media_only() {
+        let inputs: Vec<Input> = ["a", "b", "c"]
+            .iter()
+            .map(|k| {
+                let o = ObjectInfo {
+                    bucket: "media".into(),
+                    key: format!("{k}.webm"),
+                    etag: "\"e\"".into(),
+                    size: 100,
+                };
+                Input {
+                    recording: Recording::from_object(&o),
+                    object: Some(o),
+                }
+            })
+            .collect();
+        let p = Progress::new(&inputs, false);
+        assert_eq!(p.total_bytes, 300);
+        p.finish_one("rec-a", 100, Some(1_800_000));
+        p.finish_one("rec-b", 100, None);
+        let st = p.state.lock().unwrap();
+        assert_eq!((st.done, st.bytes, st.media_ms), (2, 200, 1_800_000));
+        let line = p.line(&st);
+        assert!(
+            line.starts_with("2/3 recordings, 0.50 h media audited, "),
+            "{line}"
+        );
+        assert!(
+            p.realtime(&st) > 1.0,
+            "half an hour of media in well under that"
+        );
+    }
+
+    #[test]
+    fn s3_outputs_name_objects_under_their_prefix() {
+        assert_eq!(
+            OutputTarget::parse("s3://verdicts/2026").unwrap(),
+            OutputTarget::S3(S3Url {
+                bucket: "verdicts".into(),
+                prefix: "2026".into()
+            })
+        );
+        assert_eq!(
+            OutputTarget::parse("out/dir").unwrap(),
+            OutputTarget::Dir(PathBuf::from("out/dir"))
+        );
+        assert!(OutputTarget::parse("s3://x").is_err());
+        assert_eq!(content_type("evidence/contact_info-1.wav"), "audio/wav");
+        assert_eq!(content_type("mic.webm"), "audio/webm");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("evidence")).unwrap();
+        std::fs::write(dir.path().join("mic.webm"), b"x").unwrap();
+        std::fs::write(dir.path().join("evidence/a.jpg"), b"x").unwrap();
+        std::fs::write(dir.path().join(".verdict.json.1.tmp"), b"x").unwrap();
+        let mut files = Vec::new();
+        collect_files(dir.path(), dir.path(), &mut files).unwrap();
+        assert_eq!(files, ["evidence/a.jpg", "mic.webm"]);
     }
 
     #[test]
