@@ -964,3 +964,62 @@ fn local_files_and_s3_prefixes_mix_in_one_scan() {
         text(&missing)
     );
 }
+
+#[test]
+fn a_terminal_gets_a_progress_bar_and_a_pipe_gets_log_lines() {
+    let Some(s3) = S3::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    upload_fixtures(&s3, "in", &["browser/audio-only-opus.webm"]);
+    // `script` gives the scan a pseudo-terminal as stdout and stderr (util-linux, in Debian's
+    // base system).
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("note: util-linux `script` missing; progress bar check skipped");
+        return;
+    }
+    let scan = scan_cmd(&s3, dir.path(), &["s3://media/in"]);
+    let mut line = vec![scan.get_program().to_string_lossy().to_string()];
+    line.extend(scan.get_args().map(|a| a.to_string_lossy().to_string()));
+    let quoted: Vec<String> = line.iter().map(|a| format!("'{a}'")).collect();
+    let mut tty = Command::new("script");
+    tty.args(["-qec", &quoted.join(" "), "/dev/null"]);
+    s3_env(&mut tty);
+    let out = run(tty);
+    assert!(out.status.success(), "{}", text(&out));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("1/1 recordings, 0.00 h media audited") && screen.contains("ETA"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains(" progress "),
+        "no progress log lines under a bar: {screen}"
+    );
+
+    // Through a pipe: one `progress` log line per recording instead, and no bar.
+    let piped = run(scan_cmd(&s3, dir.path(), &["s3://media/in"]));
+    let err = strip_ansi(&String::from_utf8_lossy(&piped.stderr));
+    assert!(
+        err.lines()
+            .any(|l| l.contains("progress") && l.contains("done=1") && l.contains("total=1")),
+        "{err}"
+    );
+    assert!(!err.contains("ETA"), "{err}");
+}
+
+/// The log's colours out (`ESC [ ... m`), so fields read as `name=value`.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
