@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
-use classguard::app::{enroll, models_cmd, scan, serve, slice_cmd, token, user};
+use classguard::app::{diff, enroll, models_cmd, scan, serve, slice_cmd, token, user};
 use classguard::ingest;
 use classguard::inspect::{self, InspectOptions};
 use classguard::policy::Policy;
@@ -32,18 +32,19 @@ struct Cli {
 enum Command {
     /// Audit recordings: a verdict (pass/review/block) with timestamped findings and evidence per recording.
     Scan {
-        /// Recordings (.webm/.mkv) or folders of them (searched recursively).
+        /// Recordings (.webm/.mkv), folders of them (searched recursively) and s3://bucket/prefix.
         #[arg(required = true)]
-        inputs: Vec<PathBuf>,
+        inputs: Vec<String>,
         /// Check the camera against this enrolled teacher (see `enroll`).
         #[arg(long)]
         teacher: Option<String>,
         /// Audit policy TOML (default: the embedded pipelines/classroom.toml).
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// Output folder: <recording id>/verdict.json plus evidence and the extracted microphone.
+        /// Output folder or s3://bucket/prefix: <recording id>/verdict.json plus evidence and the
+        /// extracted microphone.
         #[arg(long, short, default_value = "classguard-out")]
-        out: PathBuf,
+        out: String,
         /// Print every verdict as one JSON line on stdout (the summary table then goes to stderr).
         #[arg(long)]
         jsonl: bool,
@@ -62,6 +63,28 @@ enum Command {
         /// SQLite store (default: $CLASSGUARD_STORE or the XDG data directory).
         #[arg(long, env = "CLASSGUARD_STORE")]
         store: Option<PathBuf>,
+        /// S3-compatible server (MinIO, moto, ...); path-style addressing. Region and credentials
+        /// come from the AWS environment and profiles.
+        #[arg(long, env = "CLASSGUARD_S3_ENDPOINT")]
+        endpoint_url: Option<String>,
+        /// List what would be audited or skipped, and why; read no media and run no model.
+        #[arg(long)]
+        plan: bool,
+        /// After the scan, report how decisions changed against these verdicts (folder or store).
+        #[arg(long, value_name = "OLD")]
+        compare_with: Option<String>,
+        /// No progress bar, even on a terminal (a log line per recording instead).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Report how decisions and labels changed between two sets of verdicts (folders or stores).
+    Diff {
+        /// Verdict folder (`scan --out`), SQLite store file or postgres:// URL.
+        old: String,
+        new: String,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Store a teacher's face template from verified photos (one face per photo; photos are not kept).
     Enroll {
@@ -246,7 +269,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "classguard=info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(scan::LogWriter)
         .init();
     match Cli::parse().command {
         Command::Scan {
@@ -260,7 +283,15 @@ fn main() -> ExitCode {
             jobs,
             workers,
             store,
+            endpoint_url,
+            plan,
+            compare_with,
+            no_progress,
         } => {
+            let out = match scan::OutputTarget::parse(&out) {
+                Ok(o) => o,
+                Err(e) => return fail(e.into(), 2),
+            };
             let opts = scan::ScanOptions {
                 inputs,
                 teacher,
@@ -272,8 +303,35 @@ fn main() -> ExitCode {
                 jobs,
                 workers,
                 jsonl,
+                s3: ingest::s3::S3Options {
+                    endpoint_url,
+                    ..Default::default()
+                },
+                progress: no_progress.then_some(false),
             };
-            run_scan(&opts)
+            if plan {
+                run_plan(&opts)
+            } else {
+                run_scan(&opts, compare_with.as_deref())
+            }
+        }
+        Command::Diff { old, new, json } => {
+            let result = (|| -> anyhow::Result<diff::DiffReport> {
+                let old = diff::VerdictSource::parse(&old).load()?;
+                let new = diff::VerdictSource::parse(&new).load()?;
+                Ok(diff::diff(&old, &new))
+            })();
+            match result {
+                Ok(r) if json => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(r) => {
+                    print!("{}", r.text());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e, 2),
+            }
         }
         Command::Enroll {
             teacher,
@@ -486,7 +544,30 @@ fn fail(e: anyhow::Error, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn run_scan(opts: &scan::ScanOptions) -> ExitCode {
+fn run_plan(opts: &scan::ScanOptions) -> ExitCode {
+    match scan::plan(opts) {
+        Ok((rows, errors)) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            print!("{}", scan::plan_table(&rows));
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(e.into(), 2),
+    }
+}
+
+fn run_scan(opts: &scan::ScanOptions, compare_with: Option<&str>) -> ExitCode {
+    // Loaded first: a typo in OLD should not cost a whole scan.
+    let old = match compare_with.map(|o| diff::VerdictSource::parse(o).load()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => return fail(e.into(), 2),
+    };
     let jsonl = opts.jsonl;
     let summary = scan::run(opts, |v| {
         if jsonl {
@@ -499,6 +580,14 @@ fn run_scan(opts: &scan::ScanOptions) -> ExitCode {
                 eprint!("{}", s.table());
             } else {
                 print!("{}", s.table());
+            }
+            if let Some(old) = &old {
+                let report = diff::diff(old, &s.verdicts).text();
+                if jsonl {
+                    eprint!("{report}");
+                } else {
+                    print!("{report}");
+                }
             }
             if s.failed() > 0 {
                 ExitCode::FAILURE

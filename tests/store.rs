@@ -71,7 +71,7 @@ fn verdict(recording: &str, findings: usize) -> Verdict {
 }
 
 /// Migrations this build applies.
-const SCHEMA: i64 = 3;
+const SCHEMA: i64 = 4;
 
 /// A PostgreSQL database of its own for one test, dropped afterwards.
 struct PgDb {
@@ -1213,4 +1213,76 @@ fn review_evidence_ids_follow_retention(store: &mut Store) {
     // Once retention deletes the file's row, its id no longer serves it.
     store.expire_evidence(t0).unwrap();
     assert!(store.review_evidence("id-1").unwrap().is_none());
+}
+/// Batch rescans (`scan s3://...`): object versions mapped to their content, and the newest
+/// verdict per recording for `diff`.
+mod rescan {
+    use super::{db, sha, verdict, PgDb};
+    use classguard::store::Store;
+
+    on_both_backends!(
+        object_versions_map_to_their_content,
+        latest_verdicts_are_one_per_recording,
+    );
+
+    fn object_versions_map_to_their_content(store: &mut Store) {
+        let uri = "s3://media/classes/a-camera.webm";
+        assert_eq!(store.object_sha(uri, "\"e1\"", 100).unwrap(), None);
+        store
+            .put_object_sha(uri, "\"e1\"", 100, &sha("v1"))
+            .unwrap();
+        assert_eq!(
+            store.object_sha(uri, "\"e1\"", 100).unwrap(),
+            Some(sha("v1"))
+        );
+        // Another version of the same key, or the same ETag with another size, is unknown.
+        assert_eq!(store.object_sha(uri, "\"e2\"", 100).unwrap(), None);
+        assert_eq!(store.object_sha(uri, "\"e1\"", 101).unwrap(), None);
+        assert_eq!(
+            store
+                .object_sha("s3://media/other.webm", "\"e1\"", 100)
+                .unwrap(),
+            None
+        );
+        // Recording the same version again (a re-read after a crash) replaces, never duplicates.
+        store
+            .put_object_sha(uri, "\"e1\"", 100, &sha("v1"))
+            .unwrap();
+        store
+            .put_object_sha(uri, "\"e2\"", 100, &sha("v2"))
+            .unwrap();
+        assert_eq!(
+            store.object_sha(uri, "\"e2\"", 100).unwrap(),
+            Some(sha("v2"))
+        );
+        assert_eq!(
+            store.object_sha(uri, "\"e1\"", 100).unwrap(),
+            Some(sha("v1"))
+        );
+        // Sizes beyond i64 are clamped, not wrapped into a negative key.
+        store
+            .put_object_sha(uri, "\"big\"", u64::MAX, &sha("big"))
+            .unwrap();
+        assert_eq!(
+            store.object_sha(uri, "\"big\"", u64::MAX).unwrap(),
+            Some(sha("big"))
+        );
+    }
+
+    fn latest_verdicts_are_one_per_recording(store: &mut Store) {
+        assert!(store.latest_verdicts().unwrap().is_empty());
+        let old = verdict("rec-b", 0);
+        store.put_verdict(&old).unwrap();
+        store.put_verdict(&verdict("rec-a", 1)).unwrap();
+        // rec-b audited again under a new policy version: a second verdict, the newer one wins.
+        let mut newer = verdict("rec-b", 2);
+        newer.policy.fingerprint = sha("policy-2");
+        assert_ne!(newer.idempotency_key(), old.idempotency_key());
+        store.put_verdict(&newer).unwrap();
+        let latest = store.latest_verdicts().unwrap();
+        let ids: Vec<&str> = latest.iter().map(|v| v.recording.id.as_str()).collect();
+        assert_eq!(ids, ["rec-a", "rec-b"]);
+        assert_eq!(latest[1].findings.len(), 2);
+        assert_eq!(latest[1].policy.fingerprint, sha("policy-2"));
+    }
 }

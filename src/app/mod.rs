@@ -1,5 +1,6 @@
 //! The commands behind the CLI, as library functions so tests can drive them directly.
 
+pub mod diff;
 pub mod enroll;
 pub mod models_cmd;
 pub mod scan;

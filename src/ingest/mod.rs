@@ -1,5 +1,7 @@
-//! Ingest: where recordings come from (files and folders here), named by a stable id that carries
-//! no personal data, opened as plain byte streams for the streaming demuxer.
+//! Ingest: where recordings come from (files, folders, S3 prefixes), named by a stable id that
+//! carries no personal data, opened as plain byte streams for the streaming demuxer.
+
+pub mod s3;
 
 use std::fs::File;
 use std::io::Read;
@@ -11,6 +13,8 @@ use sha2::{Digest, Sha256};
 pub enum IngestError {
     #[error("{path}: {reason}")]
     Open { path: String, reason: String },
+    #[error("{0}")]
+    S3(#[from] s3::S3Error),
 }
 
 /// One recording to audit. `id` is derived from the source location, so logs can name the
@@ -64,6 +68,85 @@ pub fn recording_id(source: &str) -> String {
 
 const MEDIA_EXTENSIONS: [&str; 3] = ["webm", "mkv", "mka"];
 
+/// Whether a file name or object key has a media extension (case-insensitive).
+pub fn is_media_name(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| MEDIA_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// One recording found by [`expand_sources`]: a local file, or an S3 object pinned to the
+/// version (ETag, size) that was listed.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub recording: Recording,
+    pub object: Option<s3::ObjectInfo>,
+}
+
+impl Recording {
+    /// An S3 object: the id derives from its URI, the key's last part stands in for the file name
+    /// (role words and session prefixes).
+    pub fn from_object(o: &s3::ObjectInfo) -> Self {
+        let source = o.uri();
+        Self {
+            id: recording_id(&source),
+            source,
+            path: PathBuf::from(&o.key),
+        }
+    }
+}
+
+/// [`expand_inputs`] for local paths mixed with `s3://bucket/prefix` URLs, in the order given
+/// (files and folders first, then each prefix's objects in key order). `s3` is only asked for
+/// when there is an `s3://` input. Errors are reported per input, never fatal.
+pub fn expand_sources(
+    inputs: &[String],
+    s3: &mut dyn FnMut() -> Result<s3::S3Client, s3::S3Error>,
+) -> (Vec<Input>, Vec<IngestError>) {
+    let mut paths = Vec::new();
+    let mut urls = Vec::new();
+    let mut errors = Vec::new();
+    for i in inputs {
+        match s3::S3Url::parse(i) {
+            None => paths.push(PathBuf::from(i)),
+            Some(Ok(u)) => urls.push(u),
+            Some(Err(e)) => errors.push(e.into()),
+        }
+    }
+    let (files, file_errors) = expand_inputs(&paths);
+    errors.extend(file_errors);
+    let mut found: Vec<Input> = files
+        .into_iter()
+        .map(|recording| Input {
+            recording,
+            object: None,
+        })
+        .collect();
+    if !urls.is_empty() {
+        match s3() {
+            Ok(client) => {
+                let mut seen = std::collections::HashSet::new();
+                for u in &urls {
+                    match client.list(u) {
+                        Ok(objects) => {
+                            found.extend(objects.into_iter().filter(|o| seen.insert(o.uri())).map(
+                                |o| Input {
+                                    recording: Recording::from_object(&o),
+                                    object: Some(o),
+                                },
+                            ))
+                        }
+                        Err(e) => errors.push(e.into()),
+                    }
+                }
+            }
+            Err(e) => errors.push(e.into()),
+        }
+    }
+    (found, errors)
+}
+
 /// Expands files and folders (recursively, media extensions only, sorted) into recordings.
 /// A missing path is reported, not fatal: one bad input never stops the others.
 pub fn expand_inputs(inputs: &[PathBuf]) -> (Vec<Recording>, Vec<IngestError>) {
@@ -100,12 +183,7 @@ fn walk(dir: &Path, found: &mut Vec<Recording>, errors: &mut Vec<IngestError>) {
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() {
             walk(&path, found, errors);
-        } else if ft.is_file()
-            && path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| MEDIA_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
+        } else if ft.is_file() && is_media_name(&path.to_string_lossy()) {
             found.push(Recording::from_path(&path));
         }
     }

@@ -121,21 +121,32 @@ pub struct AuditRecord<'a> {
 /// everything before it is committed. Idempotent: committing the same verdict twice changes
 /// nothing but the rows' expiry. Returns whether the verdict was new to the store.
 pub fn commit_audit(store: &crate::store::Store, rec: &AuditRecord<'_>) -> Result<bool, SinkError> {
-    let mut files: Vec<&str> = rec.evidence.iter().map(String::as_str).collect();
-    if rec.out_dir.join(MIC_FILE).is_file() {
-        files.push(MIC_FILE);
-    }
-    let entries: Vec<crate::store::EvidenceEntry> = files
-        .into_iter()
-        .map(|rel| crate::store::EvidenceEntry {
-            path: rec.out_dir.join(rel).to_string_lossy().into_owned(),
-            teacher_id: rec.teacher_id.map(str::to_string),
-            expires_at: rec.expires_at.unix_timestamp(),
-        })
-        .collect();
+    let entries = retention_entries(rec.out_dir, rec.evidence, rec.teacher_id, rec.expires_at);
     let new = store.record_verdict(rec.verdict, &entries)?;
     write_json_atomic(&rec.out_dir.join(VERDICT_FILE), rec.verdict)?;
     Ok(new)
+}
+
+/// The retention rows of an audit's files in `out_dir`: every evidence file, and the extracted
+/// microphone when there is one (it holds the class's voices).
+pub fn retention_entries(
+    out_dir: &Path,
+    evidence: &[String],
+    teacher_id: Option<&str>,
+    expires_at: time::OffsetDateTime,
+) -> Vec<crate::store::EvidenceEntry> {
+    let mut files: Vec<&str> = evidence.iter().map(String::as_str).collect();
+    if out_dir.join(MIC_FILE).is_file() {
+        files.push(MIC_FILE);
+    }
+    files
+        .into_iter()
+        .map(|rel| crate::store::EvidenceEntry {
+            path: out_dir.join(rel).to_string_lossy().into_owned(),
+            teacher_id: teacher_id.map(str::to_string),
+            expires_at: expires_at.unix_timestamp(),
+        })
+        .collect()
 }
 
 /// Encodes an RGB image as JPEG and writes it atomically.

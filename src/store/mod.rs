@@ -416,6 +416,23 @@ pub trait Backend: Send {
         key: &str,
     ) -> Result<Option<ReviewItemRow>, StoreError>;
     fn review_metrics(&mut self) -> Result<MetricsData, StoreError>;
+    /// Batch rescans: the content sha256 last read from an object version.
+    fn put_object_sha(
+        &mut self,
+        uri: &str,
+        etag: &str,
+        size: i64,
+        sha256: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    fn object_sha(
+        &mut self,
+        uri: &str,
+        etag: &str,
+        size: i64,
+    ) -> Result<Option<String>, StoreError>;
+    /// The newest verdict document of every recording, by recording id.
+    fn latest_verdict_jsons(&mut self) -> Result<Vec<String>, StoreError>;
 }
 
 /// The store, over either backend. Safe to share between threads (calls are serialised).
@@ -809,6 +826,40 @@ impl Store {
         error: &str,
     ) -> Result<(), StoreError> {
         self.b().delivery_failed(id, next_at_ms, error)
+    }
+
+    // ---- batch rescans ----
+
+    /// Remembers that the object version `(uri, etag, size)` holds content `sha256`, so a rescan
+    /// can compute its verdict's idempotency key without reading it again.
+    pub fn put_object_sha(
+        &self,
+        uri: &str,
+        etag: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
+        self.b()
+            .put_object_sha(uri, etag, to_i64(size), sha256, now())
+    }
+
+    /// The content sha256 of an object version, if it was read before.
+    pub fn object_sha(
+        &self,
+        uri: &str,
+        etag: &str,
+        size: u64,
+    ) -> Result<Option<String>, StoreError> {
+        self.b().object_sha(uri, etag, to_i64(size))
+    }
+
+    /// The newest verdict of every recording in the store, by recording id (what `diff` compares).
+    pub fn latest_verdicts(&self) -> Result<Vec<Verdict>, StoreError> {
+        self.b()
+            .latest_verdict_jsons()?
+            .iter()
+            .map(|j| serde_json::from_str(j).map_err(StoreError::from))
+            .collect()
     }
 }
 

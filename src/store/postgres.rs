@@ -201,6 +201,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER review_audit_append_only BEFORE UPDATE OR DELETE ON review_audit
         FOR EACH ROW EXECUTE FUNCTION review_append_only();
     "#,
+    // 4: batch rescans: which content an object version holds, so a rescan can skip an object
+    // without reading it. Keyed by the version as listed (URI, ETag, size).
+    r#"
+    CREATE TABLE object_hashes (
+        uri      TEXT NOT NULL,
+        etag     TEXT NOT NULL,
+        size     BIGINT NOT NULL,
+        sha256   TEXT NOT NULL,
+        seen_at  BIGINT NOT NULL,
+        PRIMARY KEY (uri, etag, size)
+    );
+    "#,
 ];
 
 /// Advisory lock key of the migration step (any constant both processes agree on).
@@ -1363,6 +1375,51 @@ impl Backend for PostgresBackend {
             .map(decision_row)
             .collect::<Result<_, _>>()?;
         Ok(MetricsData { items, history })
+    }
+
+    fn put_object_sha(
+        &mut self,
+        uri: &str,
+        etag: &str,
+        size: i64,
+        sha256: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.client.execute(
+            "INSERT INTO object_hashes (uri, etag, size, sha256, seen_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (uri, etag, size) DO UPDATE SET sha256 = EXCLUDED.sha256, seen_at = EXCLUDED.seen_at",
+            &[&uri, &etag, &size, &sha256, &now],
+        )?;
+        Ok(())
+    }
+
+    fn object_sha(
+        &mut self,
+        uri: &str,
+        etag: &str,
+        size: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT sha256 FROM object_hashes WHERE uri = $1 AND etag = $2 AND size = $3",
+                &[&uri, &etag, &size],
+            )?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    fn latest_verdict_jsons(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT DISTINCT ON (recording_id) verdict_json FROM verdicts
+                 ORDER BY recording_id, id DESC",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
     }
 }
 

@@ -207,6 +207,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER review_audit_no_delete BEFORE DELETE ON review_audit
         BEGIN SELECT RAISE(ABORT, 'review_audit is append-only'); END;
     "#,
+    // 4: batch rescans: which content an object version holds, so a rescan can skip an object
+    // without reading it. Keyed by the version as listed (URI, ETag, size).
+    r#"
+    CREATE TABLE object_hashes (
+        uri      TEXT NOT NULL,
+        etag     TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        sha256   TEXT NOT NULL,
+        seen_at  INTEGER NOT NULL,
+        PRIMARY KEY (uri, etag, size)
+    );
+    "#,
 ];
 
 /// How long a writer waits for another process's transaction before giving up.
@@ -1389,6 +1401,46 @@ impl Backend for SqliteBackend {
             rows.collect::<Result<_, _>>()?
         };
         Ok(MetricsData { items, history })
+    }
+    fn put_object_sha(
+        &mut self,
+        uri: &str,
+        etag: &str,
+        size: i64,
+        sha256: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO object_hashes (uri, etag, size, sha256, seen_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(uri, etag, size) DO UPDATE SET sha256 = excluded.sha256, seen_at = excluded.seen_at",
+            params![uri, etag, size, sha256, now],
+        )?;
+        Ok(())
+    }
+
+    fn object_sha(
+        &mut self,
+        uri: &str,
+        etag: &str,
+        size: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT sha256 FROM object_hashes WHERE uri = ?1 AND etag = ?2 AND size = ?3",
+            )?
+            .query_row(params![uri, etag, size], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn latest_verdict_jsons(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT verdict_json FROM verdicts v
+             WHERE id = (SELECT MAX(id) FROM verdicts w WHERE w.recording_id = v.recording_id)
+             ORDER BY recording_id",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
