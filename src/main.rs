@@ -171,6 +171,10 @@ enum Command {
         /// Mark the review page's cookies Secure (set this behind a TLS proxy).
         #[arg(long)]
         secure_cookies: bool,
+        /// S3-compatible server for `{"s3": ...}` uploads (path-style); region and credentials
+        /// come from the AWS environment and profiles.
+        #[arg(long, env = "CLASSGUARD_S3_ENDPOINT")]
+        s3_endpoint_url: Option<String>,
     },
     /// Manage staff accounts of the review page (/review); passwords are stored as argon2 hashes.
     User {
@@ -437,6 +441,7 @@ fn main() -> ExitCode {
             policy,
             review_claim_s,
             secure_cookies,
+            s3_endpoint_url,
         } => {
             let result = (|| -> anyhow::Result<()> {
                 let store = serve::open_store(database.as_deref())?;
@@ -456,6 +461,7 @@ fn main() -> ExitCode {
                 config.policy = policy;
                 config.review.claim_lease = std::time::Duration::from_secs(review_claim_s.max(1));
                 config.review.secure_cookies = secure_cookies;
+                config.s3.endpoint_url = s3_endpoint_url;
                 serve::run(store, config, |addr| {
                     // One line on stdout for scripts and tests: where to connect.
                     println!("listening on http://{addr}");

@@ -1023,3 +1023,95 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// A classroom server that already has the recording in S3 names it instead of uploading it:
+/// `serve` fetches it (through the logging proxy) and audits it while it streams in.
+#[test]
+fn serve_audits_an_object_named_by_its_s3_url() {
+    use common::serve::{http as serve_http, Serve};
+    let Some(s3) = S3::start() else { return };
+    let rel = "browser/camera-speech-contact.webm";
+    let bytes = fixture_bytes(rel);
+    s3.upload("classes/class42-camera.webm", &bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = s3.proxy.url();
+    let env = [
+        ("CLASSGUARD_S3_ENDPOINT", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/aws-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials",
+        ),
+    ];
+    let serve = Serve::start_env(&dir.path().join("serve"), &[], &env);
+    let token = serve.token("school-a");
+    let auth = format!("Bearer {token}");
+    let post = |body: &str, key: &str| {
+        serve_http(
+            &serve.base,
+            "POST",
+            "/v1/recordings?session_id=class42&role=camera",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", key),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let (st, _, body) = post(r#"{"s3": "s3://media/classes/class42-camera.webm"}"#, "c42");
+    assert_eq!(st, 202, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The same request again (a lost answer retried): the same recording, nothing fetched twice.
+    let (st, _, again) = post(r#"{"s3": "s3://media/classes/class42-camera.webm"}"#, "c42");
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&again).unwrap()["id"],
+        id.as_str()
+    );
+
+    let v = serve.wait_verdict(&token, &id, Duration::from_secs(120));
+    assert_eq!(v["recording"]["sha256"], sha256_hex(&bytes), "{v}");
+    assert_eq!(v["recording"]["partial"], false, "{v}");
+    assert_eq!(v["decision"], "review", "{v}");
+    let labels: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["label"].as_str().unwrap())
+        .collect();
+    assert!(labels.contains(&"contact_info"), "{labels:?}");
+    let gets = s3
+        .proxy
+        .log()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("class42-camera.webm"))
+        .count();
+    assert!(gets >= 1, "the object was not read through S3");
+
+    // Named wrongly: a clear 422, nothing created.
+    for (body, why) in [
+        (
+            r#"{"s3": "s3://media/classes/missing.webm"}"#,
+            "no such object",
+        ),
+        (r#"{"s3": "s3://media/classes/"}"#, "prefix"),
+        (
+            r#"{"s3": "https://example.org/a.webm"}"#,
+            "not an s3:// URL",
+        ),
+    ] {
+        let (st, _, answer) = post(body, &format!("bad-{why}"));
+        assert_eq!(st, 422, "{body}: {answer}");
+        assert!(answer.contains(why), "{body}: {answer}");
+    }
+    let (st, _, answer) = post(r#"{"url": "s3://media/x.webm"}"#, "bad-field");
+    assert_eq!(st, 400, "{answer}");
+}

@@ -82,15 +82,19 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let base = ctype.split(';').next().unwrap_or("").trim();
-    if !matches!(
-        base,
-        "video/webm" | "audio/webm" | "video/x-matroska" | "application/octet-stream"
-    ) {
+    let from_s3 = base == "application/json";
+    if !from_s3
+        && !matches!(
+            base,
+            "video/webm" | "audio/webm" | "video/x-matroska" | "application/octet-stream"
+        )
+    {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
                 "Content-Type {ctype:?} is not accepted: send the recording as video/webm, audio/webm, \
-                 video/x-matroska or application/octet-stream"
+                 video/x-matroska or application/octet-stream, or name an S3 object as \
+                 application/json {{\"s3\": \"s3://bucket/key\"}}"
             ),
         ));
     }
@@ -107,12 +111,39 @@ async fn upload(
         ));
     }
     let _admitted = state.admit(token.id)?;
+    let (object, body) = if from_s3 {
+        use http_body_util::BodyExt;
+        let bytes = http_body_util::Limited::new(body, 4096)
+            .collect()
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {e}")))?
+            .to_bytes();
+        let req: super::fetch::FetchRequest = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"s3\": \"s3://bucket/key\"}}: {e}"),
+            )
+        })?;
+        let object = super::fetch::resolve(&state, &req.s3).await?;
+        if object.size > state.config.max_upload_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{}: {} bytes is over the upload limit of {} bytes",
+                    req.s3, object.size, state.config.max_upload_bytes
+                ),
+            ));
+        }
+        (Some(object), Body::empty())
+    } else {
+        (None, body)
+    };
     let expires = crate::store::now_ms() + state.config.upload_expiry.as_millis() as i64;
     let new = NewRecording {
         id: new_recording_id(),
         token_id: token.id,
         idempotency_key: key,
-        upload_length: None,
+        upload_length: object.as_ref().map(|o| o.size as i64),
         session_id: meta.session_id,
         role: meta.role,
         teacher_id: meta.teacher_id,
@@ -125,6 +156,20 @@ async fn upload(
         return Ok((StatusCode::OK, Json(status)).into_response());
     }
     let id = row.id.clone();
+    if let Some(object) = object {
+        // Audited while it streams in: the job starts on the first bytes.
+        let path = state.files.path(&id);
+        tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+        let rid = id.clone();
+        state.db(move |s| s.enqueue_job(&rid)).await?;
+        tracing::info!(recording = %id, bytes = object.size, "fetching from S3");
+        super::fetch::start(state.clone(), id.clone(), object);
+        let row = own_recording(&state, token.id, id).await?;
+        let status = describe(&state, row).await?;
+        return Ok((StatusCode::ACCEPTED, Json(status)).into_response());
+    }
     let _lock = state.lock_upload(&id)?;
     let received = match receive(&state, &id, 0, state.config.max_upload_bytes, body, None).await {
         Ok(r) => r,

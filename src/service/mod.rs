@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod fetch;
 pub mod files;
 pub mod metrics;
 pub mod openapi;
@@ -80,6 +81,9 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// The review page's leases, sessions and lockout.
     pub review: crate::review::Settings,
+    /// Where `POST /v1/recordings` with `{"s3": ...}` fetches from (credentials and region from
+    /// the AWS environment).
+    pub s3: crate::ingest::s3::S3Options,
 }
 
 impl Config {
@@ -96,6 +100,7 @@ impl Config {
             job_lease: Duration::from_secs(30),
             policy: None,
             review: crate::review::Settings::default(),
+            s3: crate::ingest::s3::S3Options::default(),
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct AppState {
     in_flight: Mutex<HashMap<i64, usize>>,
     /// Uploads a PATCH is writing to right now (a second concurrent PATCH gets 409).
     locked: Mutex<HashSet<String>>,
+    /// The S3 client, made on first use (it starts its own runtime).
+    s3: std::sync::OnceLock<Result<Arc<crate::ingest::s3::S3Client>, String>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -129,7 +136,19 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             in_flight: Mutex::new(HashMap::new()),
             locked: Mutex::new(HashSet::new()),
+            s3: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The S3 client; call from a blocking thread only (it blocks on its own runtime).
+    pub fn s3_client(&self) -> Result<Arc<crate::ingest::s3::S3Client>, String> {
+        self.s3
+            .get_or_init(|| {
+                crate::ingest::s3::S3Client::new(&self.config.s3)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// Runs a store call off the async threads.
