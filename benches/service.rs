@@ -213,10 +213,7 @@ fn run_one(bin: &Path, input: &Path, media_s: f64, pace: f64) -> Run {
         last_byte_to_verdict_s,
         verdict_wall_ms: wall_ms,
         realtime: verdict["stats"]["realtime_factor"].as_f64().unwrap_or(0.0),
-        decision: verdict["verdict"]["decision"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string(),
+        decision: verdict["decision"].as_str().unwrap_or("?").to_string(),
         peak_rss_mb: serve.peak_rss_mb(),
     }
 }
