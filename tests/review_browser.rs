@@ -9,16 +9,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use classguard::store::Store;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{root, serve::Serve};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_classguard"))
@@ -32,41 +29,6 @@ fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Serve {
-    fn start(db: &str, data: &Path) -> Serve {
-        let mut child = bin()
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", db])
-            .arg("--data-dir")
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
-            .to_string();
-        Serve { child, base }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One HTTP/1.1 request; returns status and body.
@@ -234,7 +196,7 @@ fn scenario(dir: &Path, db: &str, shots: &Path) {
         .find_map(|l| l.strip_prefix("token: "))
         .unwrap()
         .to_string();
-    let serve = Serve::start(&db, &dir.join("data"));
+    let serve = Serve::start_with(dir, &db, &[]);
     let whiteboard = upload_and_wait(&serve.base, &token, "whiteboard-contact.webm", "desktop");
     let speech = upload_and_wait(&serve.base, &token, "camera-speech-contact.webm", "camera");
     let no_face = upload_and_wait(&serve.base, &token, "camera-no-face.webm", "camera");

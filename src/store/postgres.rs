@@ -454,28 +454,14 @@ impl Backend for PostgresBackend {
         let status = status.map(FindingStatus::as_str);
         self.client
             .query(
-                "SELECT id, recording_id, label, severity, track, start_ms, end_ms, rule_id, reason, status,
-                        reviewer_note, evidence_path
-                 FROM findings WHERE $1::TEXT IS NULL OR status = $1 ORDER BY recording_id, start_ms, id",
+                &format!(
+                    "SELECT {FINDING_COLUMNS} FROM findings WHERE $1::TEXT IS NULL OR status = $1
+                     ORDER BY recording_id, start_ms, id"
+                ),
                 &[&status],
             )?
             .iter()
-            .map(|r| {
-                Ok(FindingRow {
-                    id: r.try_get(0)?,
-                    recording_id: r.try_get(1)?,
-                    label: r.try_get(2)?,
-                    severity: r.try_get(3)?,
-                    track: r.try_get(4)?,
-                    start_ms: r.try_get::<_, i64>(5)?.max(0) as u64,
-                    end_ms: r.try_get::<_, i64>(6)?.max(0) as u64,
-                    rule_id: r.try_get(7)?,
-                    reason: r.try_get(8)?,
-                    status: FindingStatus::parse(r.try_get(9)?)?,
-                    reviewer_note: r.try_get(10)?,
-                    evidence_path: r.try_get(11)?,
-                })
-            })
+            .map(finding_row)
             .collect()
     }
 

@@ -471,30 +471,11 @@ impl Backend for SqliteBackend {
         &mut self,
         status: Option<FindingStatus>,
     ) -> Result<Vec<FindingRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, recording_id, label, severity, track, start_ms, end_ms, rule_id, reason, status,
-                    reviewer_note, evidence_path
-             FROM findings WHERE ?1 IS NULL OR status = ?1 ORDER BY recording_id, start_ms, id",
-        )?;
-        let rows = stmt.query_map([status.map(FindingStatus::as_str)], |r| {
-            Ok((
-                FindingRow {
-                    id: r.get(0)?,
-                    recording_id: r.get(1)?,
-                    label: r.get(2)?,
-                    severity: r.get(3)?,
-                    track: r.get(4)?,
-                    start_ms: r.get::<_, i64>(5)?.max(0) as u64,
-                    end_ms: r.get::<_, i64>(6)?.max(0) as u64,
-                    rule_id: r.get(7)?,
-                    reason: r.get(8)?,
-                    status: FindingStatus::Open,
-                    reviewer_note: r.get(10)?,
-                    evidence_path: r.get(11)?,
-                },
-                r.get::<_, String>(9)?,
-            ))
-        })?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {FINDING_COLUMNS} FROM findings WHERE ?1 IS NULL OR status = ?1
+             ORDER BY recording_id, start_ms, id"
+        ))?;
+        let rows = stmt.query_map([status.map(FindingStatus::as_str)], finding_row)?;
         rows.map(|row| {
             let (mut f, status) = row?;
             f.status = FindingStatus::parse(&status)?;
