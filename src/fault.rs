@@ -50,3 +50,21 @@ pub fn take() -> Option<Fault> {
     }))?;
     (!USED.swap(true, Ordering::AcqRel)).then_some(f)
 }
+
+/// `CLASSGUARD_FAULT_CRASH_SESSION=<session id>` (TEST ONLY): a `classguard worker` that starts
+/// auditing a recording of that class session aborts the whole process, every time, as a
+/// recording that crashes its decoder would. The scale-out tests use it for a poison job.
+pub fn crash_if_session(session: Option<&str>) {
+    static CRASH: OnceLock<Option<String>> = OnceLock::new();
+    let target = CRASH.get_or_init(|| {
+        std::env::var("CLASSGUARD_FAULT_CRASH_SESSION")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    if let (Some(t), Some(s)) = (target, session) {
+        if t == s {
+            tracing::error!("injected fault (test only): crashing the worker");
+            std::process::abort();
+        }
+    }
+}

@@ -175,6 +175,54 @@ enum Command {
         /// come from the AWS environment and profiles.
         #[arg(long, env = "CLASSGUARD_S3_ENDPOINT")]
         s3_endpoint_url: Option<String>,
+        /// Scale-out mode: publish audit jobs to this NATS JetStream server (nats://host:port)
+        /// for `classguard worker` processes instead of auditing here; needs --storage and a
+        /// postgres:// --database every node shares.
+        #[arg(long, env = "CLASSGUARD_QUEUE", requires = "storage")]
+        queue: Option<String>,
+        /// Scale-out mode: s3://bucket/prefix where uploaded bytes are stored for the workers.
+        #[arg(long, env = "CLASSGUARD_STORAGE", requires = "queue")]
+        storage: Option<String>,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+    },
+    /// Scale-out mode: audit recordings from the queue (run any number, on any machine).
+    Worker {
+        /// NATS JetStream server, as given to `serve --queue`.
+        #[arg(long, env = "CLASSGUARD_QUEUE")]
+        queue: String,
+        /// The shared storage, as given to `serve --storage`.
+        #[arg(long, env = "CLASSGUARD_STORAGE")]
+        storage: String,
+        /// The shared postgres:// database.
+        #[arg(long, env = "CLASSGUARD_DATABASE")]
+        database: String,
+        /// Recordings audited at once (a live upload's audit mostly waits for bytes).
+        #[arg(long, short = 'j', default_value_t = 4)]
+        jobs: usize,
+        /// Model workers per recording.
+        #[arg(long, default_value_t = 1)]
+        model_workers: usize,
+        /// Scratch folder for outputs until they are uploaded (default: a folder in the temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// After SIGTERM, seconds running audits may take before they are handed back.
+        #[arg(long, default_value_t = 30)]
+        shutdown_grace_s: u64,
+        #[arg(long, env = "CLASSGUARD_S3_ENDPOINT")]
+        s3_endpoint_url: Option<String>,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+    },
+    /// Scale-out mode: audit jobs in the shared database.
+    Jobs {
+        #[command(subcommand)]
+        what: JobsCmd,
+        /// Store: a SQLite path or postgres://... (default: the local SQLite store).
+        #[arg(long, env = "CLASSGUARD_DATABASE", global = true)]
+        database: Option<String>,
     },
     /// Manage staff accounts of the review page (/review); passwords are stored as argon2 hashes.
     User {
@@ -191,6 +239,36 @@ enum Command {
         /// Store: a SQLite path or postgres://... (default: the local SQLite store).
         #[arg(long, env = "CLASSGUARD_DATABASE", global = true)]
         database: Option<String>,
+    },
+}
+
+/// How the queue redelivers (the same on every node: the first to start creates the consumer).
+#[derive(clap::Args, Clone, Copy)]
+struct DeliveryArgs {
+    /// Seconds a delivered job may go without a progress ack before it is redelivered.
+    #[arg(long, default_value_t = 60)]
+    ack_wait_s: u64,
+    /// Audits tried per job; the delivery after the last one records a dead letter.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u64,
+}
+
+impl DeliveryArgs {
+    fn queue_config(&self, url: &str) -> classguard::queue::QueueConfig {
+        let mut q = classguard::queue::QueueConfig::new(url);
+        q.ack_wait = std::time::Duration::from_secs(self.ack_wait_s.max(1));
+        q.max_deliver = self.max_attempts.max(1) as i64 + 1;
+        q
+    }
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// Jobs that failed every attempt (newest first), for an operator to look into.
+    Dead {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -442,6 +520,9 @@ fn main() -> ExitCode {
             review_claim_s,
             secure_cookies,
             s3_endpoint_url,
+            queue,
+            storage,
+            delivery,
         } => {
             let result = (|| -> anyhow::Result<()> {
                 let store = serve::open_store(database.as_deref())?;
@@ -462,6 +543,12 @@ fn main() -> ExitCode {
                 config.review.claim_lease = std::time::Duration::from_secs(review_claim_s.max(1));
                 config.review.secure_cookies = secure_cookies;
                 config.s3.endpoint_url = s3_endpoint_url;
+                if let (Some(q), Some(storage)) = (queue, storage) {
+                    config.scale_out = Some(classguard::service::ScaleOut {
+                        queue: delivery.queue_config(&q),
+                        storage,
+                    });
+                }
                 serve::run(store, config, |addr| {
                     // One line on stdout for scripts and tests: where to connect.
                     println!("listening on http://{addr}");
@@ -471,6 +558,85 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e, 2),
+            }
+        }
+        Command::Worker {
+            queue,
+            storage,
+            database,
+            jobs,
+            model_workers,
+            work_dir,
+            policy,
+            shutdown_grace_s,
+            s3_endpoint_url,
+            delivery,
+        } => {
+            let result = (|| -> anyhow::Result<()> {
+                let store = serve::open_store(Some(&database))?;
+                let name = classguard::worker::default_name();
+                let work_dir = work_dir.unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("classguard-worker-{name}"))
+                });
+                let cfg = classguard::worker::WorkerConfig {
+                    queue: delivery.queue_config(&queue),
+                    storage,
+                    s3: classguard::ingest::s3::S3Options {
+                        endpoint_url: s3_endpoint_url,
+                        ..Default::default()
+                    },
+                    jobs: jobs.max(1),
+                    model_workers: model_workers.max(1),
+                    work_dir,
+                    policy,
+                    shutdown_grace: std::time::Duration::from_secs(shutdown_grace_s),
+                    name,
+                };
+                classguard::worker::run(store, cfg)?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, 2),
+            }
+        }
+        Command::Jobs { what, database } => {
+            let result = (|| -> anyhow::Result<()> {
+                let store = serve::open_store(database.as_deref())?;
+                match what {
+                    JobsCmd::Dead { json } => {
+                        let dead = store.dead_letters()?;
+                        if json {
+                            for d in &dead {
+                                println!(
+                                    "{}",
+                                    serde_json::json!({
+                                        "job": d.job_id,
+                                        "recording": d.recording_id,
+                                        "attempts": d.attempts,
+                                        "reason": d.reason,
+                                        "at_ms": d.at_ms,
+                                    })
+                                );
+                            }
+                        } else if dead.is_empty() {
+                            println!("no dead letters");
+                        } else {
+                            println!("{:<8} {:<28} {:>8}  reason", "job", "recording", "attempts");
+                            for d in &dead {
+                                println!(
+                                    "{:<8} {:<28} {:>8}  {}",
+                                    d.job_id, d.recording_id, d.attempts, d.reason
+                                );
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, 1),
             }
         }
         Command::User { what, database } => {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use classguard::store::Store;
 
+use common::pg::PgDb;
 use common::{root, serve::Serve};
 
 fn bin() -> Command {
@@ -92,42 +93,6 @@ fn verdict(base: &str, token: &str, id: &str) -> serde_json::Value {
     json(&body)
 }
 
-/// A PostgreSQL database of its own (127.0.0.1:5432, as tests/store.rs), dropped afterwards.
-struct PgDb {
-    name: String,
-    url: String,
-}
-
-const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
-
-impl PgDb {
-    fn new() -> Self {
-        let name = format!("cg_review_{}", std::process::id());
-        let mut admin = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls)
-            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/setup starts it)");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        PgDb {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
 
 #[test]
 fn staff_review_recordings_in_a_real_browser() {
@@ -147,7 +112,7 @@ fn staff_review_recordings_in_a_real_browser() {
 #[test]
 fn staff_review_recordings_in_a_real_browser_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = PgDb::new();
+    let pg = PgDb::new("review");
     scenario(dir.path(), &pg.url, &dir.path().join("screenshots"));
 }
 

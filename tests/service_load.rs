@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::outcome::{node_client, outcome_of_upload, reference, Outcome};
 use common::serve::{http, Serve};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -23,93 +24,6 @@ const FILES: &[&str] = &[
 
 fn files() -> Vec<PathBuf> {
     FILES.iter().map(|f| common::fixture(f)).collect()
-}
-
-fn node_client(args: &[String]) -> serde_json::Value {
-    let dir = common::root().join("tests/clients");
-    assert!(
-        dir.join("node_modules/tus-js-client").is_dir(),
-        "tests/clients/node_modules missing: run scripts/setup (installs tus-js-client)"
-    );
-    let out = Command::new("node")
-        .arg(dir.join("tus_js.mjs"))
-        .args(args)
-        .output()
-        .expect("node runs");
-    assert!(
-        out.status.success(),
-        "tus-js-client {}: {}\n{}",
-        args[0],
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("client prints JSON")
-}
-
-/// What one audit of a recording concluded, the part that must not depend on how it arrived.
-#[derive(Debug, PartialEq, Eq, Clone)]
-struct Outcome {
-    decision: String,
-    partial: bool,
-    labels: BTreeSet<String>,
-}
-
-fn outcome_of_upload(u: &serde_json::Value) -> Outcome {
-    Outcome {
-        decision: u["decision"].as_str().unwrap().to_string(),
-        partial: u["partial"].as_bool().unwrap(),
-        labels: u["labels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap().to_string())
-            .collect(),
-    }
-}
-
-/// The reference: `classguard scan` of each whole file, same embedded default policy and models.
-fn reference() -> BTreeMap<String, Outcome> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_classguard"))
-        .args(["scan", "--jsonl", "--store"])
-        .arg(dir.path().join("store.sqlite"))
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .args(files())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut refs = BTreeMap::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let name = v["recording"]["source"]
-            .as_str()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_string();
-        let labels = v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["label"].as_str().unwrap().to_string())
-            .collect();
-        refs.insert(
-            name,
-            Outcome {
-                decision: v["decision"].as_str().unwrap().to_string(),
-                partial: v["recording"]["partial"].as_bool().unwrap(),
-                labels,
-            },
-        );
-    }
-    assert_eq!(refs.len(), FILES.len(), "one reference per file");
-    refs
 }
 
 fn verdict_rows(db: &str, id: &str) -> i64 {
@@ -144,7 +58,7 @@ fn check_uploads(
 
 #[test]
 fn fifty_concurrent_uploads_each_get_one_correct_verdict() {
-    let refs = reference();
+    let refs = reference(&files());
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &[]);
     let token = serve.token("school-a");
@@ -170,7 +84,7 @@ fn fifty_concurrent_uploads_each_get_one_correct_verdict() {
 
 #[test]
 fn kill_9_during_uploads_and_audits_then_clients_resume() {
-    let refs = reference();
+    let refs = reference(&files());
     let dir = tempfile::tempdir().unwrap();
     let mut serve = Serve::start(dir.path(), &["--job-lease-s", "2"]);
     let token = serve.token("school-a");

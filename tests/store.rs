@@ -3,10 +3,13 @@
 //! generic function run on both backends: SQLite (a temp file) and the machine's PostgreSQL
 //! (127.0.0.1:5432; each test creates its own database and drops it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use classguard::policy::{decide, Policy};
+use common::pg::PgDb;
 use classguard::store::{FindingStatus, NewRecording, RecordingState, Store, StoreError};
 use classguard::verdict::{
     Evidence, Finding, Label, ModelRef, ModelUse, PolicyRef, RecordingInfo, Severity, Stats, Track,
@@ -71,51 +74,8 @@ fn verdict(recording: &str, findings: usize) -> Verdict {
 }
 
 /// Migrations this build applies.
-const SCHEMA: i64 = 4;
+const SCHEMA: i64 = 5;
 
-/// A PostgreSQL database of its own for one test, dropped afterwards.
-struct PgDb {
-    name: String,
-    url: String,
-}
-
-const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
-
-impl PgDb {
-    fn new() -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let name = format!(
-            "cg_store_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let mut admin = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls)
-            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/setup starts it)");
-        // One statement per call: several in one batch run as one transaction, which
-        // DROP/CREATE DATABASE refuse.
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        PgDb {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = ::postgres::Client::connect(PG_ADMIN, ::postgres::NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
 
 /// Runs each named suite function on a fresh SQLite store and a fresh PostgreSQL store.
 macro_rules! on_both_backends {
@@ -134,7 +94,7 @@ macro_rules! on_both_backends {
             $(
                 #[test]
                 fn $name() {
-                    let db = super::PgDb::new();
+                    let db = super::PgDb::new("store");
                     let mut store = classguard::store::Store::connect(&db.url).unwrap();
                     super::$name(&mut store);
                 }
@@ -153,6 +113,7 @@ on_both_backends!(
     recordings_are_idempotent_per_token,
     recording_progress_and_final_verdict_link_once,
     jobs_lease_heartbeat_and_takeover,
+    queue_outbox_attempts_and_dead_letters,
     webhook_deliveries_once_per_event_with_retries,
     migrations_are_versioned,
     review_accounts_sessions_and_lockout,
@@ -341,6 +302,60 @@ fn jobs_lease_heartbeat_and_takeover(store: &mut Store) {
     );
 }
 
+fn queue_outbox_attempts_and_dead_letters(store: &mut Store) {
+    let a = store.create_token("a", &sha("a"), None, "s").unwrap().id;
+    for id in ["rec-1", "rec-2", "rec-3"] {
+        store.create_recording(&new_rec(id, a, None)).unwrap();
+        assert!(store.enqueue_job(id).unwrap());
+    }
+    // A live upload's job goes out with its first stored bytes, a finished one at once.
+    assert!(store.unpublished_jobs(10).unwrap().is_empty(), "no bytes yet");
+    store.set_bytes_received("rec-2", 10, 9_000).unwrap();
+    store
+        .set_recording_state("rec-3", RecordingState::Complete)
+        .unwrap();
+    let out: Vec<String> = store
+        .unpublished_jobs(10)
+        .unwrap()
+        .into_iter()
+        .map(|j| j.recording_id)
+        .collect();
+    assert_eq!(out, ["rec-2", "rec-3"]);
+    let jobs = store.unpublished_jobs(1).unwrap();
+    assert_eq!(jobs.len(), 1, "limit");
+    let j2 = jobs[0].id;
+    store.mark_published(j2).unwrap();
+    let left: Vec<String> = store
+        .unpublished_jobs(10)
+        .unwrap()
+        .into_iter()
+        .map(|j| j.recording_id)
+        .collect();
+    assert_eq!(left, ["rec-3"], "published once");
+    // Deliveries: a later attempt takes the job over; a finished job is not started again.
+    assert!(store.start_attempt(j2, "w1", 1).unwrap());
+    assert!(store.start_attempt(j2, "w2", 2).unwrap());
+    assert!(!store.finish_job(j2, "w1", None).unwrap(), "w1 lost it");
+    assert!(store.finish_job(j2, "w2", None).unwrap());
+    assert!(
+        !store.start_attempt(j2, "w3", 3).unwrap(),
+        "a redelivery of a finished job does nothing"
+    );
+    // Dead letters: recorded once, the job fails, nothing takes it again.
+    let j3 = store.unpublished_jobs(10).unwrap()[0].id;
+    assert!(store.start_attempt(j3, "w1", 3).unwrap());
+    assert!(store.dead_letter(j3, 4, "worker died 3 times").unwrap());
+    assert!(!store.dead_letter(j3, 4, "again").unwrap(), "once");
+    let dead = store.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].recording_id.as_str(), dead[0].attempts, dead[0].reason.as_str()),
+        ("rec-3", 4, "worker died 3 times")
+    );
+    assert!(!store.start_attempt(j3, "w2", 5).unwrap());
+    assert!(store.claim_job("w9", 99_999, 100).unwrap().map(|j| j.recording_id) == Some("rec-1".into()));
+}
+
 fn webhook_deliveries_once_per_event_with_retries(store: &mut Store) {
     assert!(store
         .enqueue_delivery("evt-1", 1, "rec-1", "http://h/x", "{}")
@@ -376,7 +391,7 @@ fn webhook_deliveries_once_per_event_with_retries(store: &mut Store) {
 
 #[test]
 fn postgres_refuses_a_store_from_a_newer_build() {
-    let db = PgDb::new();
+    let db = PgDb::new("store");
     drop(Store::connect(&db.url).unwrap());
     let mut c = ::postgres::Client::connect(&db.url, ::postgres::NoTls).unwrap();
     c.batch_execute("UPDATE classguard_schema SET version = 99")
@@ -393,7 +408,7 @@ fn postgres_refuses_a_store_from_a_newer_build() {
 
 #[test]
 fn postgres_concurrent_connections_write_once() {
-    let db = PgDb::new();
+    let db = PgDb::new("store");
     let tags: Vec<String> = (0..4).map(|t| format!("pg{t}")).collect();
     std::thread::scope(|s| {
         for tag in &tags {

@@ -437,6 +437,56 @@ impl S3Client {
         self.put_body(bucket, key, &Body::File(path), content_type)
     }
 
+    /// Writes bytes `offset..offset + len` of a file as one object (a stored upload segment),
+    /// streamed, never read into memory whole.
+    pub fn put_file_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &std::path::Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), S3Error> {
+        self.put_body(
+            bucket,
+            key,
+            &Body::FileRange(path, offset, len),
+            "application/octet-stream",
+        )
+    }
+
+    /// Deletes one object (absent is fine: deleting twice changes nothing).
+    pub fn delete(&self, bucket: &str, key: &str) -> Result<(), S3Error> {
+        let uri = format!("s3://{bucket}/{key}");
+        self.retrying(&uri, "DeleteObject", || {
+            self.inner.rt.block_on(async {
+                match self
+                    .inner
+                    .client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if status_of(&e) == Some(404) => Ok(()),
+                    Err(e) => {
+                        let t = transient(&e, status_of(&e));
+                        Err((
+                            S3Error::Request {
+                                uri: uri.clone(),
+                                op: "DeleteObject",
+                                reason: describe(&e),
+                            },
+                            t,
+                        ))
+                    }
+                }
+            })
+        })
+    }
+
     fn put_body(
         &self,
         bucket: &str,
@@ -460,6 +510,13 @@ impl S3Client {
                 let stream = match body {
                     Body::Bytes(b) => ByteStream::from(b.clone()),
                     Body::File(p) => ByteStream::from_path(p)
+                        .await
+                        .map_err(|e| request(format!("{}: {e}", p.display()), false))?,
+                    Body::FileRange(p, offset, len) => ByteStream::read_from()
+                        .path(p)
+                        .offset(*offset)
+                        .length(aws_sdk_s3::primitives::Length::Exact(*len))
+                        .build()
                         .await
                         .map_err(|e| request(format!("{}: {e}", p.display()), false))?,
                 };
@@ -569,6 +626,8 @@ impl S3Client {
 enum Body<'a> {
     Bytes(Bytes),
     File(&'a std::path::Path),
+    /// `len` bytes of the file from `offset`.
+    FileRange(&'a std::path::Path, u64, u64),
 }
 
 /// What a reader has done, readable after the reader itself moved to another thread.

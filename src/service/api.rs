@@ -197,6 +197,7 @@ async fn upload(
         ));
     }
     let n = received.new_offset;
+    state.store_segment(&id, 0, n).await?;
     let (rid, expires) = (id.clone(), crate::store::now_ms());
     state
         .db(move |s| {
@@ -207,6 +208,7 @@ async fn upload(
         })
         .await?;
     finish_upload(&state, &id, n).await?;
+    state.outbox.notify_one();
     let row = own_recording(&state, token.id, id).await?;
     let status = describe(&state, row).await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())

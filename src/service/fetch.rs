@@ -107,6 +107,7 @@ fn copy(state: &Shared, id: &str, object: &ObjectInfo) -> Result<u64, String> {
         file.write_all(&buf[..filled])
             .and_then(|_| file.sync_data())
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        state.store_segment_blocking(id, offset, offset + filled as u64)?;
         offset += filled as u64;
         let expires = crate::store::now_ms() + state.config.upload_expiry.as_millis() as i64;
         state
@@ -114,6 +115,7 @@ fn copy(state: &Shared, id: &str, object: &ObjectInfo) -> Result<u64, String> {
             .set_bytes_received(id, offset as i64, expires)
             .map_err(|e| e.to_string())?;
         sig.advance(offset);
+        state.outbox.notify_one();
     }
     if offset != object.size {
         return Err(format!(

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub upload_bytes: Counter,
     pub webhook_failures: Counter,
     pub webhook_deliveries: Counter,
+    /// Scale-out mode: jobs handed to the queue.
+    pub jobs_published: Counter,
     verdicts: Mutex<BTreeMap<String, u64>>,
     /// Media time / wall time of the last final verdict, in thousandths.
     realtime_milli: AtomicU64,
@@ -85,6 +87,12 @@ impl Metrics {
             "counter",
             "Upload bytes received.",
             vec![(String::new(), self.upload_bytes.get().to_string())],
+        );
+        metric(
+            "classguard_jobs_published_total",
+            "counter",
+            "Scale-out mode: audit jobs handed to the queue.",
+            vec![(String::new(), self.jobs_published.get().to_string())],
         );
         metric(
             "classguard_queue_depth",

@@ -18,6 +18,7 @@ pub mod files;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod outbox;
 pub mod tus;
 pub mod webhook;
 pub mod worker;
@@ -56,6 +57,10 @@ pub enum ServiceError {
     Policy(#[from] crate::policy::PolicyError),
     #[error("loading models: {0}")]
     Models(String),
+    #[error("queue: {0}")]
+    Queue(#[from] crate::queue::QueueError),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// Limits and knobs of one `serve`.
@@ -84,6 +89,17 @@ pub struct Config {
     /// Where `POST /v1/recordings` with `{"s3": ...}` fetches from (credentials and region from
     /// the AWS environment).
     pub s3: crate::ingest::s3::S3Options,
+    /// Scale-out mode: no audit here; jobs go to the queue and bytes to the shared storage, for
+    /// `classguard worker` processes.
+    pub scale_out: Option<ScaleOut>,
+}
+
+/// The queue and the shared storage of the scale-out mode (`--queue`, `--storage`).
+#[derive(Debug, Clone)]
+pub struct ScaleOut {
+    pub queue: crate::queue::QueueConfig,
+    /// `s3://bucket/prefix`.
+    pub storage: String,
 }
 
 impl Config {
@@ -101,6 +117,7 @@ impl Config {
             policy: None,
             review: crate::review::Settings::default(),
             s3: crate::ingest::s3::S3Options::default(),
+            scale_out: None,
         }
     }
 }
@@ -117,12 +134,20 @@ pub struct AppState {
     locked: Mutex<HashSet<String>>,
     /// The S3 client, made on first use (it starts its own runtime).
     s3: std::sync::OnceLock<Result<Arc<crate::ingest::s3::S3Client>, String>>,
+    /// Scale-out mode: where every acknowledged byte is stored for the workers.
+    pub storage: Option<crate::storage::Storage>,
+    /// Scale-out mode: wakes the outbox when a job may have become publishable.
+    pub outbox: tokio::sync::Notify,
 }
 
 pub type Shared = Arc<AppState>;
 
 impl AppState {
-    pub fn new(store: Arc<Store>, config: Config) -> Result<Shared, ServiceError> {
+    pub fn new(
+        store: Arc<Store>,
+        config: Config,
+        storage: Option<crate::storage::Storage>,
+    ) -> Result<Shared, ServiceError> {
         let files = files::Uploads::new(config.data_dir.join("uploads")).map_err(|source| {
             ServiceError::DataDir {
                 path: config.data_dir.display().to_string(),
@@ -137,7 +162,33 @@ impl AppState {
             in_flight: Mutex::new(HashMap::new()),
             locked: Mutex::new(HashSet::new()),
             s3: std::sync::OnceLock::new(),
+            storage,
+            outbox: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Scale-out mode: stores bytes `from..to` of upload `id`, just persisted to the local spool
+    /// file, as a segment in the shared storage. Called before the new offset is recorded and
+    /// acknowledged, so an acknowledged byte is always readable by every worker. Blocking.
+    pub fn store_segment_blocking(&self, id: &str, from: u64, to: u64) -> Result<(), String> {
+        let Some(storage) = &self.storage else {
+            return Ok(());
+        };
+        storage
+            .put_segment(id, &self.files.path(id), from, to)
+            .map_err(|e| format!("storing bytes {from}..{to} of upload {id}: {e}"))
+    }
+
+    /// [`Self::store_segment_blocking`] from async code.
+    pub async fn store_segment(self: &Arc<Self>, id: &str, from: u64, to: u64) -> Result<(), ApiError> {
+        if self.storage.is_none() || to <= from {
+            return Ok(());
+        }
+        let (state, rid) = (self.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || state.store_segment_blocking(&rid, from, to))
+            .await
+            .map_err(|e| ApiError::internal(format!("storage task: {e}")))?
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
     }
 
     /// The S3 client; call from a blocking thread only (it blocks on its own runtime).
@@ -346,7 +397,19 @@ pub async fn serve(
         source,
     })?;
     let policy = Arc::new(crate::policy::Policy::load(config.policy.as_deref())?);
-    let state = AppState::new(store, config.clone())?;
+    let storage = match &config.scale_out {
+        Some(so) => {
+            let (url, opts) = (so.storage.clone(), config.s3.clone());
+            // The S3 client runs its own runtime: made off the async threads.
+            Some(
+                tokio::task::spawn_blocking(move || crate::storage::Storage::new(&url, &opts))
+                    .await
+                    .map_err(|e| ServiceError::Serve(std::io::Error::other(e)))??,
+            )
+        }
+        None => None,
+    };
+    let state = AppState::new(store, config.clone(), storage)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServiceError::Bind {
@@ -354,19 +417,27 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
-    let models = {
-        let policy = policy.clone();
-        let n = config.audit_workers.max(1) * config.model_workers.max(1);
-        tokio::task::spawn_blocking(move || {
-            crate::audit::AuditModels::load(&policy, &crate::models::ModelHome::locate(), n)
-        })
-        .await
-        .map_err(|e| ServiceError::Models(e.to_string()))?
-        .map_err(|e| ServiceError::Models(e.to_string()))?
-    };
-    let models = Arc::new(models);
     let review = crate::review::Review::new(state.clone(), policy.clone());
-    worker::start(state.clone(), models, policy);
+    match &config.scale_out {
+        Some(so) => {
+            // Audits run in `classguard worker` processes: this node loads no model.
+            let queue = crate::queue::JobQueue::connect(&so.queue).await?;
+            outbox::start(state.clone(), queue);
+        }
+        None => {
+            let models = {
+                let policy = policy.clone();
+                let n = config.audit_workers.max(1) * config.model_workers.max(1);
+                tokio::task::spawn_blocking(move || {
+                    crate::audit::AuditModels::load(&policy, &crate::models::ModelHome::locate(), n)
+                })
+                .await
+                .map_err(|e| ServiceError::Models(e.to_string()))?
+                .map_err(|e| ServiceError::Models(e.to_string()))?
+            };
+            worker::start(state.clone(), Arc::new(models), policy);
+        }
+    }
     tus::start_expiry_sweeper(state.clone());
     webhook::start(state.clone());
     state

@@ -436,6 +436,7 @@ pub async fn finish_upload(state: &Shared, id: &str, offset: u64) -> Result<(), 
     let sig = state.files.signal(id, offset, End::Complete);
     sig.advance(offset);
     sig.end(End::Complete);
+    state.outbox.notify_one();
     tracing::info!(recording = %id, bytes = offset, "upload complete");
     Ok(())
 }
@@ -513,6 +514,10 @@ async fn patch(
         .unwrap_or(state.config.max_upload_bytes);
     let received = receive(&state, &id, offset, limit, body, checksum).await?;
     let new_offset = received.new_offset;
+    state
+        .store_segment(&id, offset, new_offset)
+        .await
+        .map_err(ApiError::tus)?;
     let expires = crate::store::now_ms() + state.config.upload_expiry.as_millis() as i64;
     let rid = id.clone();
     state
@@ -521,6 +526,7 @@ async fn patch(
         .map_err(ApiError::tus)?;
     let sig = state.files.signal(&id, new_offset, End::Open);
     sig.advance(new_offset);
+    state.outbox.notify_one();
     if row.upload_length == Some(new_offset as i64) {
         finish_upload(&state, &id, new_offset)
             .await

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 
 use super::Shared;
-use crate::store::{DeliveryRow, StoreError};
+use crate::store::{DeliveryRow, Store, StoreError};
 use crate::verdict::Verdict;
 
 pub const MAX_ATTEMPTS: i64 = 15;
@@ -58,12 +58,12 @@ pub fn backoff(attempts: i64) -> Duration {
 
 /// Queues the `verdict.final` event of a recording (once per recording) if its token has a URL.
 pub fn queue(
-    state: &Shared,
+    store: &Store,
     token_id: i64,
     recording_id: &str,
     verdict: &Verdict,
 ) -> Result<(), StoreError> {
-    let Some(token) = state.store.token_by_id(token_id)? else {
+    let Some(token) = store.token_by_id(token_id)? else {
         return Ok(());
     };
     let Some(url) = token.webhook_url else {
@@ -78,9 +78,7 @@ pub fn queue(
         "verdict": verdict,
     })
     .to_string();
-    state
-        .store
-        .enqueue_delivery(&event_id, token_id, recording_id, &url, &body)?;
+    store.enqueue_delivery(&event_id, token_id, recording_id, &url, &body)?;
     Ok(())
 }
 

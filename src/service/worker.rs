@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::files::{End, GrowingReader};
@@ -79,6 +80,8 @@ pub enum JobError {
     Missing(String),
     #[error("{0}")]
     Commit(#[from] crate::sink::SinkError),
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// Renews a job's lease until dropped.
@@ -121,14 +124,6 @@ impl Drop for Heartbeat {
     }
 }
 
-fn end_of(row: &RecordingRow) -> End {
-    match row.state {
-        RecordingState::Uploading => End::Open,
-        RecordingState::Complete | RecordingState::Audited => End::Complete,
-        RecordingState::Expired => End::Expired,
-        RecordingState::Terminated => End::Terminated,
-    }
-}
 
 fn run_job(
     state: &Shared,
@@ -155,10 +150,85 @@ fn run_job(
     let signal = state
         .files
         .signal(&id, row.bytes_received.max(0) as u64, end_of(&row));
+    let open_path = path.clone();
+    let open: Arc<audit::OpenFn> = Arc::new(move || {
+        GrowingReader::open(&open_path, signal.clone())
+            .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
+            .map_err(|e| IngestError::Open {
+                path: "upload".into(),
+                reason: e.to_string(),
+            })
+    });
+    let env = JobEnv {
+        store,
+        models,
+        policy,
+        model_workers: state.config.model_workers,
+    };
+    let out_dir = state.config.data_dir.join("recordings").join(&id);
+    let started = Instant::now();
+    let sha_of = || file_sha256(&path).unwrap_or_else(|_| "0".repeat(64));
+    if let Some(done) = audit_stored(&env, &id, &out_dir, open, &sha_of)? {
+        if done.newly_final {
+            state.metrics.verdict(done.verdict.decision.as_str());
+            state
+                .metrics
+                .record_realtime(done.verdict.recording.duration_ms, started.elapsed());
+        }
+    }
+    Ok(())
+}
+
+/// What auditing one stored recording needs, in either mode (in-process workers of `serve`, or
+/// `classguard worker` processes pulling from the queue).
+pub struct JobEnv<'a> {
+    pub store: &'a Arc<Store>,
+    pub models: &'a AuditModels,
+    pub policy: &'a Policy,
+    pub model_workers: usize,
+}
+
+/// A verdict written by [`audit_stored`].
+pub struct Finished {
+    pub verdict: crate::verdict::Verdict,
+    /// `false`: the recording already had its final verdict (a redelivered job): nothing was
+    /// linked or sent twice.
+    pub newly_final: bool,
+}
+
+/// The row's upload state as the reader sees it.
+pub fn end_of(row: &RecordingRow) -> End {
+    match row.state {
+        RecordingState::Uploading => End::Open,
+        RecordingState::Complete | RecordingState::Audited => End::Complete,
+        RecordingState::Expired => End::Expired,
+        RecordingState::Terminated => End::Terminated,
+    }
+}
+
+/// Audits recording `id`, reading its bytes through `open` while they are acknowledged, and
+/// writes its verdict once: findings, evidence rows and the recording's link in the store, the
+/// webhook delivery queued. `sha_of` hashes the bytes stored so far (for an error verdict).
+/// `Ok(None)`: nothing to do (already final, or terminated by the client).
+pub fn audit_stored(
+    env: &JobEnv<'_>,
+    id: &str,
+    out_dir: &Path,
+    open: Arc<audit::OpenFn>,
+    sha_of: &dyn Fn() -> String,
+) -> Result<Option<Finished>, JobError> {
+    let (store, models, policy) = (env.store, env.models, env.policy);
+    let id = id.to_string();
+    let row = store
+        .get_recording(&id)?
+        .ok_or_else(|| JobError::Missing(id.clone()))?;
+    if row.verdict_key.is_some() || row.state == RecordingState::Terminated {
+        return Ok(None);
+    }
     let rec = Recording {
         id: id.clone(),
         source: format!("upload:{id}"),
-        path: path.clone(),
+        path: PathBuf::from(format!("upload-{id}.webm")),
     };
     let templates = match &row.teacher_id {
         Some(t) => store.templates_for(t, models.face_embedder.id())?,
@@ -168,16 +238,6 @@ fn run_job(
     if not_enrolled {
         tracing::warn!(recording = %id, "teacher not enrolled: the verdict will be partial");
     }
-    let open_signal = signal.clone();
-    let open_path = path.clone();
-    let open: Arc<audit::OpenFn> = Arc::new(move || {
-        GrowingReader::open(&open_path, open_signal.clone())
-            .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
-            .map_err(|e| IngestError::Open {
-                path: "upload".into(),
-                reason: e.to_string(),
-            })
-    });
     // Slices come many times a second, findings rarely: a new finding is written at once, the
     // media time at most every PROGRESS_EVERY.
     let last_write = Mutex::new((Instant::now() - PROGRESS_EVERY, 0usize));
@@ -194,10 +254,9 @@ fn run_job(
             tracing::warn!(recording = %progress_id, "writing progress: {e}");
         }
     });
-    let out_dir = state.config.data_dir.join("recordings").join(&id);
     let req = AuditRequest {
         recording: &rec,
-        out_dir: out_dir.clone(),
+        out_dir: out_dir.to_path_buf(),
         teacher_id: row.teacher_id.clone(),
         templates,
         role: row.role.as_deref().map(|r| {
@@ -207,11 +266,10 @@ fn run_job(
                 Role::Camera
             }
         }),
-        workers: state.config.model_workers.max(1),
+        workers: env.model_workers.max(1),
         open: Some(open),
         progress: Some(progress),
     };
-    let started = Instant::now();
     let outcome = audit::audit(models, policy, &req);
     // How the upload ended decides what the result means.
     let row = store
@@ -219,24 +277,21 @@ fn run_job(
         .ok_or_else(|| JobError::Missing(id.clone()))?;
     if row.state == RecordingState::Terminated {
         tracing::info!(recording = %id, "upload terminated: no verdict");
-        return Ok(());
+        return Ok(None);
     }
     let (mut verdict, evidence) = match outcome {
         Ok(o) => (o.verdict, o.evidence),
-        Err(e) => {
-            let sha = file_sha256(&path).unwrap_or_else(|_| "0".repeat(64));
-            (
-                audit::error_verdict(
-                    &rec,
-                    row.teacher_id.as_deref(),
-                    &sha,
-                    policy,
-                    models,
-                    e.to_string(),
-                ),
-                Vec::new(),
-            )
-        }
+        Err(e) => (
+            audit::error_verdict(
+                &rec,
+                row.teacher_id.as_deref(),
+                &sha_of(),
+                policy,
+                models,
+                e.to_string(),
+            ),
+            Vec::new(),
+        ),
     };
     // What the audit itself could not know also keeps the recording from `pass`.
     let mut incomplete = audit::Incomplete::default();
@@ -248,6 +303,20 @@ fn run_job(
             "teacher {t} is not enrolled: the camera was not checked against them"
         ));
     }
+    mark_incomplete(&mut verdict, policy, &incomplete);
+    let newly_final = commit_final(store, policy, &row, &verdict, &evidence, out_dir)?;
+    Ok(Some(Finished {
+        verdict,
+        newly_final,
+    }))
+}
+
+/// Turns `verdict` partial with `incomplete`'s reasons, if it has any.
+pub fn mark_incomplete(
+    verdict: &mut crate::verdict::Verdict,
+    policy: &Policy,
+    incomplete: &audit::Incomplete,
+) {
     if let Some(why) = incomplete.reason() {
         verdict.recording.partial = true;
         let reason = match verdict.recording.partial_reason.take() {
@@ -259,34 +328,44 @@ fn run_job(
             verdict.decision = crate::policy::decide(policy, &verdict.findings, true);
         }
     }
+}
+
+/// Writes the verdict (store transaction, then verdict.json), links it to the recording once and
+/// queues the webhook; `false` when the recording already had a final verdict.
+pub fn commit_final(
+    store: &Arc<Store>,
+    policy: &Policy,
+    row: &RecordingRow,
+    verdict: &crate::verdict::Verdict,
+    evidence: &[String],
+    out_dir: &Path,
+) -> Result<bool, JobError> {
+    let id = &row.id;
     let key = verdict.idempotency_key();
     crate::sink::commit_audit(
         store,
         &crate::sink::AuditRecord {
-            out_dir: &out_dir,
-            verdict: &verdict,
-            evidence: &evidence,
+            out_dir,
+            verdict,
+            evidence,
             teacher_id: row.teacher_id.as_deref(),
             expires_at: policy.evidence.expires_at(time::OffsetDateTime::now_utc()),
         },
     )?;
     let findings_json = serde_json::to_string(&verdict.findings).unwrap_or_else(|_| "[]".into());
-    store.set_audit_progress(&id, verdict.recording.duration_ms as i64, &findings_json)?;
-    if store.set_verdict_key(&id, &key)? {
-        state.metrics.verdict(verdict.decision.as_str());
-        state
-            .metrics
-            .record_realtime(verdict.recording.duration_ms, started.elapsed());
-        super::webhook::queue(state, row.token_id, &id, &verdict)?;
+    store.set_audit_progress(id, verdict.recording.duration_ms as i64, &findings_json)?;
+    if store.set_verdict_key(id, &key)? {
+        super::webhook::queue(store, row.token_id, id, verdict)?;
         tracing::info!(recording = %id, decision = verdict.decision.as_str(),
             findings = verdict.findings.len(), partial = verdict.recording.partial, "verdict final");
+        Ok(true)
     } else {
         tracing::info!(recording = %id, "verdict was already final; nothing written twice");
+        Ok(false)
     }
-    Ok(())
 }
 
-fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::Digest;
     let mut f = std::fs::File::open(path)?;
     let mut h = sha2::Sha256::new();

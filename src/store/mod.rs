@@ -225,6 +225,17 @@ pub struct JobRow {
     pub attempts: i64,
 }
 
+/// A job that failed every attempt the queue allows (scale-out mode): shown to operators by
+/// `classguard jobs dead`, never retried on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRow {
+    pub job_id: i64,
+    pub recording_id: String,
+    pub attempts: i64,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
 /// A webhook event waiting to be (re)delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRow {
@@ -342,6 +353,22 @@ pub trait Backend: Send {
         error: Option<&str>,
     ) -> Result<bool, StoreError>;
     fn queue_depth(&mut self) -> Result<i64, StoreError>;
+    fn unpublished_jobs(&mut self, limit: i64) -> Result<Vec<JobRow>, StoreError>;
+    fn mark_published(&mut self, job_id: i64, now_ms: i64) -> Result<(), StoreError>;
+    fn start_attempt(
+        &mut self,
+        job_id: i64,
+        worker: &str,
+        attempt: i64,
+    ) -> Result<bool, StoreError>;
+    fn dead_letter(
+        &mut self,
+        job_id: i64,
+        attempts: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    fn dead_letters(&mut self) -> Result<Vec<DeadLetterRow>, StoreError>;
 
     fn enqueue_delivery(
         &mut self,
@@ -794,6 +821,35 @@ impl Store {
     /// Jobs queued or running.
     pub fn queue_depth(&self) -> Result<i64, StoreError> {
         self.b().queue_depth()
+    }
+
+    // ---- scale-out mode: the queue's outbox and dead letters ----
+
+    /// Queued jobs not yet handed to the queue whose recording has bytes to audit (a live
+    /// upload's job goes out with its first stored bytes, not at creation), oldest first.
+    pub fn unpublished_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        self.b().unpublished_jobs(limit)
+    }
+
+    /// The queue acknowledged the job's message: the outbox does not send it again.
+    pub fn mark_published(&self, job_id: i64) -> Result<(), StoreError> {
+        self.b().mark_published(job_id, now_ms())
+    }
+
+    /// A worker took delivery `attempt` of the job; `false` when the job is already finished
+    /// (a redelivery after its verdict was written: nothing to do).
+    pub fn start_attempt(&self, job_id: i64, worker: &str, attempt: i64) -> Result<bool, StoreError> {
+        self.b().start_attempt(job_id, worker, attempt)
+    }
+
+    /// Records the job as a dead letter and fails it; `false` if it already was one.
+    pub fn dead_letter(&self, job_id: i64, attempts: i64, reason: &str) -> Result<bool, StoreError> {
+        self.b().dead_letter(job_id, attempts, reason, now_ms())
+    }
+
+    /// Every dead letter, newest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.b().dead_letters()
     }
 
     // ---- service mode: webhook deliveries ----

@@ -6,7 +6,8 @@ use postgres::{Client, NoTls, Row};
 
 use super::review_sql::{act_audit, finding_status, next_state, refuse, ItemLock};
 use super::{
-    to_i64, Backend, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow, NewRecording,
+    to_i64, Backend, DeadLetterRow, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow,
+    NewRecording,
     RecordingRow, RecordingState, StoreError, TokenRow,
 };
 use super::{
@@ -211,6 +212,17 @@ const MIGRATIONS: &[&str] = &[
         sha256   TEXT NOT NULL,
         seen_at  BIGINT NOT NULL,
         PRIMARY KEY (uri, etag, size)
+    );
+    "#,
+    // 5: scale-out: the outbox of jobs handed to the queue, and jobs that failed every attempt.
+    r#"
+    ALTER TABLE jobs ADD COLUMN published_at_ms BIGINT;
+    CREATE TABLE dead_letters (
+        job_id        BIGINT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+        recording_id  TEXT NOT NULL,
+        attempts      BIGINT NOT NULL,
+        reason        TEXT NOT NULL,
+        at_ms         BIGINT NOT NULL
     );
     "#,
 ];
@@ -747,6 +759,89 @@ impl Backend for PostgresBackend {
                 &[],
             )?
             .try_get(0)?)
+    }
+
+    fn unpublished_jobs(&mut self, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        self.client
+            .query(
+                "SELECT j.id, j.recording_id, j.attempts FROM jobs j JOIN recordings r ON r.id = j.recording_id
+                 WHERE j.state = 'queued' AND j.published_at_ms IS NULL
+                   AND (r.bytes_received > 0 OR r.state <> 'uploading')
+                 ORDER BY j.id LIMIT $1",
+                &[&limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(JobRow {
+                    id: r.try_get(0)?,
+                    recording_id: r.try_get(1)?,
+                    attempts: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    fn mark_published(&mut self, job_id: i64, now_ms: i64) -> Result<(), StoreError> {
+        self.client.execute(
+            "UPDATE jobs SET published_at_ms = $2 WHERE id = $1 AND published_at_ms IS NULL",
+            &[&job_id, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn start_attempt(
+        &mut self,
+        job_id: i64,
+        worker: &str,
+        attempt: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.client.execute(
+            "UPDATE jobs SET state = 'running', worker = $2, attempts = GREATEST(attempts, $3)
+             WHERE id = $1 AND state IN ('queued', 'running')",
+            &[&job_id, &worker, &attempt],
+        )? > 0)
+    }
+
+    fn dead_letter(
+        &mut self,
+        job_id: i64,
+        attempts: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let added = tx.execute(
+            "INSERT INTO dead_letters (job_id, recording_id, attempts, reason, at_ms)
+             SELECT id, recording_id, $2, $3, $4 FROM jobs WHERE id = $1
+             ON CONFLICT (job_id) DO NOTHING",
+            &[&job_id, &attempts, &reason, &now_ms],
+        )? > 0;
+        tx.execute(
+            "UPDATE jobs SET state = 'failed', error = $2, lease_until_ms = NULL WHERE id = $1",
+            &[&job_id, &reason],
+        )?;
+        tx.commit()?;
+        Ok(added)
+    }
+
+    fn dead_letters(&mut self) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.client
+            .query(
+                "SELECT job_id, recording_id, attempts, reason, at_ms FROM dead_letters
+                 ORDER BY at_ms DESC, job_id DESC",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(DeadLetterRow {
+                    job_id: r.try_get(0)?,
+                    recording_id: r.try_get(1)?,
+                    attempts: r.try_get(2)?,
+                    reason: r.try_get(3)?,
+                    at_ms: r.try_get(4)?,
+                })
+            })
+            .collect()
     }
 
     fn enqueue_delivery(

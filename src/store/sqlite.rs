@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::review_sql::{act_audit, finding_status, next_state, refuse, ItemLock};
 use super::{
-    to_i64, Backend, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow, NewRecording,
+    to_i64, Backend, DeadLetterRow, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow,
+    NewRecording,
     RecordingRow, RecordingState, StoreError, TokenRow,
 };
 use super::{
@@ -217,6 +218,17 @@ const MIGRATIONS: &[&str] = &[
         sha256   TEXT NOT NULL,
         seen_at  INTEGER NOT NULL,
         PRIMARY KEY (uri, etag, size)
+    );
+    "#,
+    // 5: scale-out: the outbox of jobs handed to the queue, and jobs that failed every attempt.
+    r#"
+    ALTER TABLE jobs ADD COLUMN published_at_ms INTEGER;
+    CREATE TABLE dead_letters (
+        job_id        INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+        recording_id  TEXT NOT NULL,
+        attempts      INTEGER NOT NULL,
+        reason        TEXT NOT NULL,
+        at_ms         INTEGER NOT NULL
     );
     "#,
 ];
@@ -783,6 +795,85 @@ impl Backend for SqliteBackend {
             [],
             |r| r.get(0),
         )?)
+    }
+
+    fn unpublished_jobs(&mut self, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT j.id, j.recording_id, j.attempts FROM jobs j JOIN recordings r ON r.id = j.recording_id
+             WHERE j.state = 'queued' AND j.published_at_ms IS NULL
+               AND (r.bytes_received > 0 OR r.state <> 'uploading')
+             ORDER BY j.id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(JobRow {
+                id: r.get(0)?,
+                recording_id: r.get(1)?,
+                attempts: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn mark_published(&mut self, job_id: i64, now_ms: i64) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE jobs SET published_at_ms = ?2 WHERE id = ?1 AND published_at_ms IS NULL",
+            params![job_id, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn start_attempt(
+        &mut self,
+        job_id: i64,
+        worker: &str,
+        attempt: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.exec(
+            "UPDATE jobs SET state = 'running', worker = ?2, attempts = MAX(attempts, ?3)
+             WHERE id = ?1 AND state IN ('queued', 'running')",
+            params![job_id, worker, attempt],
+        )? > 0)
+    }
+
+    fn dead_letter(
+        &mut self,
+        job_id: i64,
+        attempts: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let added = tx.execute(
+            "INSERT INTO dead_letters (job_id, recording_id, attempts, reason, at_ms)
+             SELECT id, recording_id, ?2, ?3, ?4 FROM jobs WHERE id = ?1
+             ON CONFLICT (job_id) DO NOTHING",
+            params![job_id, attempts, reason, now_ms],
+        )? > 0;
+        tx.execute(
+            "UPDATE jobs SET state = 'failed', error = ?2, lease_until_ms = NULL WHERE id = ?1",
+            params![job_id, reason],
+        )?;
+        tx.commit()?;
+        Ok(added)
+    }
+
+    fn dead_letters(&mut self) -> Result<Vec<DeadLetterRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT job_id, recording_id, attempts, reason, at_ms FROM dead_letters
+             ORDER BY at_ms DESC, job_id DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeadLetterRow {
+                job_id: r.get(0)?,
+                recording_id: r.get(1)?,
+                attempts: r.get(2)?,
+                reason: r.get(3)?,
+                at_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn enqueue_delivery(

@@ -30,6 +30,12 @@ impl Serve {
         Self::spawn(dir, &db, extra, env)
     }
 
+    /// `serve` on a given store (e.g. a postgres:// URL) with extra environment variables.
+    pub fn start_with_env(dir: &Path, db: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
+        std::fs::create_dir_all(dir).unwrap();
+        Self::spawn(dir, db, extra, env)
+    }
+
     fn spawn(dir: &Path, db: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_classguard"))
             .args([
