@@ -583,7 +583,8 @@ mod tests {
         ok.validate().unwrap();
         assert_eq!(ok.server_addrs().unwrap().len(), 2);
         QueueConfig::new("127.0.0.1:4222").validate().unwrap();
-        let cases: [(&str, fn(&mut QueueConfig)); 14] = [
+        type Change = fn(&mut QueueConfig);
+        let cases: [(&str, Change); 14] = [
             ("url", |c| c.url = " ".into()),
             ("url", |c| c.url = "nats://host:notaport".into()),
             ("url", |c| c.url = "http://host:4222".into()),
