@@ -18,6 +18,7 @@ pub mod audit;
 pub mod ingest;
 pub mod inspect;
 pub mod policy;
+pub mod queue;
 pub mod review;
 pub mod service;
 pub mod sink;

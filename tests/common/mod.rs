@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests: fixture paths and their measured ground truth.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod serve;
 
 use std::path::PathBuf;
