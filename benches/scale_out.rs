@@ -32,7 +32,13 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to serve");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut req = format!(
@@ -49,7 +55,11 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: 
     let _ = s.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, body.to_string())
 }
 
@@ -96,7 +106,11 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
         .args(["token", "create", "--name", "bench", "--database", &db.url])
         .output()
         .expect("token create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("token: ").map(str::to_string))
@@ -112,7 +126,9 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
     moto::s3_env(&mut serve);
     let mut serve = Killed(serve.spawn().expect("serve starts"));
     let mut line = String::new();
-    BufReader::new(serve.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(serve.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
@@ -135,8 +151,14 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
     // Model loading is start-up, not throughput: wait until every worker is ready.
     let t = Instant::now();
     for (_, log) in &pool {
-        while !std::fs::read_to_string(log).unwrap_or_default().contains("worker ready") {
-            assert!(t.elapsed() < Duration::from_secs(300), "worker did not start");
+        while !std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("worker ready")
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "worker did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -149,7 +171,10 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
                 &addr,
                 "POST",
                 &format!("/v1/recordings?session_id=bench-{i}&role=camera"),
-                &[("Authorization", auth.clone()), ("Content-Type", "video/webm".into())],
+                &[
+                    ("Authorization", auth.clone()),
+                    ("Content-Type", "video/webm".into()),
+                ],
                 &body,
             );
             assert_eq!(st, 201, "{resp}");
@@ -172,7 +197,10 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
                 decisions.push(v["decision"].as_str().unwrap_or("?").to_string());
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(3600), "no verdict for {id}");
+            assert!(
+                started.elapsed() < Duration::from_secs(3600),
+                "no verdict for {id}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -199,7 +227,10 @@ fn main() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let st = Command::new(cargo)
             .args(["build", "--release", "--quiet", "--bin", "classguard"])
-            .env("CARGO_TARGET_DIR", release_dir.parent().expect("target dir"))
+            .env(
+                "CARGO_TARGET_DIR",
+                release_dir.parent().expect("target dir"),
+            )
             .current_dir(&root)
             .status()
             .expect("cargo build");
@@ -214,7 +245,9 @@ fn main() {
         .expect("make-long.sh");
     assert!(st.success(), "make-long.sh {d} failed");
     let input = root.join(format!("fixtures/generated/camera-{d}s.webm"));
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("{cpus} CPUs; {recordings} x camera-{d}s posted at once; --jobs {jobs} per worker");
     println!("| workers | recording-min | wall s | recording-min per wall-min | worker peak RSS MB | decisions |");
     println!("|---:|---:|---:|---:|---|---|");

@@ -22,5 +22,7 @@ pub mod queue;
 pub mod review;
 pub mod service;
 pub mod sink;
+pub mod storage;
 pub mod store;
 pub mod verdict;
+pub mod worker;

@@ -93,7 +93,6 @@ fn verdict(base: &str, token: &str, id: &str) -> serde_json::Value {
     json(&body)
 }
 
-
 #[test]
 fn staff_review_recordings_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use classguard::policy::{decide, Policy};
-use common::pg::PgDb;
 use classguard::store::{FindingStatus, NewRecording, RecordingState, Store, StoreError};
 use classguard::verdict::{
     Evidence, Finding, Label, ModelRef, ModelUse, PolicyRef, RecordingInfo, Severity, Stats, Track,
     Verdict, SCHEMA_VERSION,
 };
+use common::pg::PgDb;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
@@ -75,7 +75,6 @@ fn verdict(recording: &str, findings: usize) -> Verdict {
 
 /// Migrations this build applies.
 const SCHEMA: i64 = 5;
-
 
 /// Runs each named suite function on a fresh SQLite store and a fresh PostgreSQL store.
 macro_rules! on_both_backends {
@@ -309,7 +308,10 @@ fn queue_outbox_attempts_and_dead_letters(store: &mut Store) {
         assert!(store.enqueue_job(id).unwrap());
     }
     // A live upload's job goes out with its first stored bytes, a finished one at once.
-    assert!(store.unpublished_jobs(10).unwrap().is_empty(), "no bytes yet");
+    assert!(
+        store.unpublished_jobs(10).unwrap().is_empty(),
+        "no bytes yet"
+    );
     store.set_bytes_received("rec-2", 10, 9_000).unwrap();
     store
         .set_recording_state("rec-3", RecordingState::Complete)
@@ -349,11 +351,21 @@ fn queue_outbox_attempts_and_dead_letters(store: &mut Store) {
     let dead = store.dead_letters().unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
-        (dead[0].recording_id.as_str(), dead[0].attempts, dead[0].reason.as_str()),
+        (
+            dead[0].recording_id.as_str(),
+            dead[0].attempts,
+            dead[0].reason.as_str()
+        ),
         ("rec-3", 4, "worker died 3 times")
     );
     assert!(!store.start_attempt(j3, "w2", 5).unwrap());
-    assert!(store.claim_job("w9", 99_999, 100).unwrap().map(|j| j.recording_id) == Some("rec-1".into()));
+    assert!(
+        store
+            .claim_job("w9", 99_999, 100)
+            .unwrap()
+            .map(|j| j.recording_id)
+            == Some("rec-1".into())
+    );
 }
 
 fn webhook_deliveries_once_per_event_with_retries(store: &mut Store) {

@@ -180,7 +180,12 @@ impl AppState {
     }
 
     /// [`Self::store_segment_blocking`] from async code.
-    pub async fn store_segment(self: &Arc<Self>, id: &str, from: u64, to: u64) -> Result<(), ApiError> {
+    pub async fn store_segment(
+        self: &Arc<Self>,
+        id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<(), ApiError> {
         if self.storage.is_none() || to <= from {
             return Ok(());
         }

@@ -4,9 +4,9 @@
 //! restart, from the bytes on disk. The verdict row is keyed by content, policy and models, and
 //! the recording links it once, so a second run writes nothing twice.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::files::{End, GrowingReader};
@@ -123,7 +123,6 @@ impl Drop for Heartbeat {
         }
     }
 }
-
 
 fn run_job(
     state: &Shared,

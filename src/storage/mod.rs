@@ -83,7 +83,13 @@ impl Storage {
     }
 
     /// Stores bytes `from..to` of the local spool file as the segment starting at `from`.
-    pub fn put_segment(&self, id: &str, file: &Path, from: u64, to: u64) -> Result<(), StorageError> {
+    pub fn put_segment(
+        &self,
+        id: &str,
+        file: &Path,
+        from: u64,
+        to: u64,
+    ) -> Result<(), StorageError> {
         if to <= from {
             return Ok(());
         }
@@ -258,7 +264,10 @@ mod tests {
         let b = s.segment_key("rec-1", 10);
         assert_eq!(a, "cg/uploads/rec-1/00000000000000000009");
         assert!(a < b, "lexical order is byte order");
-        assert_eq!(s.outputs_url("rec-1").key("verdict.json"), "cg/outputs/rec-1/verdict.json");
+        assert_eq!(
+            s.outputs_url("rec-1").key("verdict.json"),
+            "cg/outputs/rec-1/verdict.json"
+        );
         assert!(matches!(
             Storage::new("/tmp/x", &S3Options::default()),
             Err(StorageError::BadUrl(_))

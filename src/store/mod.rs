@@ -838,12 +838,22 @@ impl Store {
 
     /// A worker took delivery `attempt` of the job; `false` when the job is already finished
     /// (a redelivery after its verdict was written: nothing to do).
-    pub fn start_attempt(&self, job_id: i64, worker: &str, attempt: i64) -> Result<bool, StoreError> {
+    pub fn start_attempt(
+        &self,
+        job_id: i64,
+        worker: &str,
+        attempt: i64,
+    ) -> Result<bool, StoreError> {
         self.b().start_attempt(job_id, worker, attempt)
     }
 
     /// Records the job as a dead letter and fails it; `false` if it already was one.
-    pub fn dead_letter(&self, job_id: i64, attempts: i64, reason: &str) -> Result<bool, StoreError> {
+    pub fn dead_letter(
+        &self,
+        job_id: i64,
+        attempts: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
         self.b().dead_letter(job_id, attempts, reason, now_ms())
     }
 

@@ -11,8 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use super::review_sql::{act_audit, finding_status, next_state, refuse, ItemLock};
 use super::{
     to_i64, Backend, DeadLetterRow, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow,
-    NewRecording,
-    RecordingRow, RecordingState, StoreError, TokenRow,
+    NewRecording, RecordingRow, RecordingState, StoreError, TokenRow,
 };
 use super::{
     ActOutcome, AuditEntry, AuditRow, ClaimState, DecisionRow, EvidenceRef, ItemDetail, Lockout,

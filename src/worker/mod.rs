@@ -69,13 +69,6 @@ pub struct WorkerConfig {
     pub name: String,
 }
 
-impl WorkerConfig {
-    /// Audits tried before a job is a dead letter: the queue's last delivery records it.
-    pub fn max_attempts(&self) -> u64 {
-        (self.queue.max_deliver.max(2) - 1) as u64
-    }
-}
-
 /// The process's name in the store: host and pid.
 pub fn default_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -258,8 +251,9 @@ async fn handle(ctx: Arc<Context>, delivery: Arc<Delivery>, in_flight: InFlight)
     let pinger = progress_pinger(&ctx, &delivery);
     let job_ctx = ctx.clone();
     let job = msg.clone();
+    let last = delivery.last_attempt;
     let result = tokio::task::spawn_blocking(move || {
-        if attempt > job_ctx.cfg.max_attempts() {
+        if last {
             dead_letter(&job_ctx, &job, attempt - 1)
         } else {
             audit_job(&job_ctx, &job, attempt)
@@ -318,7 +312,10 @@ fn stored_sha256(ctx: &Context, id: &str) -> String {
 
 fn audit_job(ctx: &Context, job: &JobMessage, attempt: u64) -> Result<(), JobError> {
     let id = job.recording.as_str();
-    if !ctx.store.start_attempt(job.job, &ctx.cfg.name, attempt as i64)? {
+    if !ctx
+        .store
+        .start_attempt(job.job, &ctx.cfg.name, attempt as i64)?
+    {
         tracing::info!(recording = %id, "job already finished: nothing to do");
         return Ok(());
     }

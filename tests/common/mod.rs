@@ -1,7 +1,10 @@
 //! Shared helpers for integration tests: fixture paths and their measured ground truth.
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod nats;
+pub mod outcome;
+pub mod pg;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -117,7 +117,10 @@ pub const S3_ENV: &[(&str, &str)] = &[
     ("AWS_REGION", "us-east-1"),
     ("AWS_EC2_METADATA_DISABLED", "true"),
     ("AWS_CONFIG_FILE", "/nonexistent/aws-config"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials"),
+    (
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/aws-credentials",
+    ),
 ];
 
 /// [`S3_ENV`] on a command, with the variables that would point it elsewhere removed.

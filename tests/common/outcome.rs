@@ -91,4 +91,3 @@ pub fn reference(files: &[PathBuf]) -> BTreeMap<String, Outcome> {
     assert_eq!(refs.len(), files.len(), "one reference per file");
     refs
 }
-
