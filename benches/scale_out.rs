@@ -15,10 +15,14 @@
 //!   CG_BENCH_JOBS        2      recordings each worker audits at once
 //!   CG_BENCH_NO_BUILD    unset  set to skip `cargo build --release --bin classguard`
 
+// The tests' own harness for the real parts; the bench uses only some of it.
+#[allow(dead_code)]
 #[path = "../tests/common/moto.rs"]
 mod moto;
+#[allow(dead_code)]
 #[path = "../tests/common/nats.rs"]
 mod nats;
+#[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]
 mod pg;
 

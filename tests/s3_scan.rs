@@ -13,14 +13,14 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use common::moto::{free_port, put, s3_env, Moto};
+use common::moto::{http, put, s3_env, Moto};
 
 /// A request as the proxy saw it.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@ use common::outcome::{node_client, outcome_of_upload, reference, Outcome};
 use common::serve::{http, Serve};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Short real recordings of every kind: camera with speech, whiteboard share, faceless camera,
