@@ -248,7 +248,8 @@ struct DeliveryArgs {
     /// Seconds a delivered job may go without a progress ack before it is redelivered.
     #[arg(long, default_value_t = 60)]
     ack_wait_s: u64,
-    /// Audits tried per job; the delivery after the last one records a dead letter.
+    /// Audits started per job (each ended by a crash, a kill or a hang past its lease) before
+    /// the next delivery records a dead letter instead.
     #[arg(long, default_value_t = 3)]
     max_attempts: u64,
 }
@@ -257,7 +258,9 @@ impl DeliveryArgs {
     fn queue_config(&self, url: &str) -> classguard::queue::QueueConfig {
         let mut q = classguard::queue::QueueConfig::new(url);
         q.ack_wait = std::time::Duration::from_secs(self.ack_wait_s.max(1));
-        q.max_deliver = self.max_attempts.max(1) as i64 + 1;
+        // Attempts are counted by the workers in the database, with leases (a broker restart
+        // redelivers audits that are still running): the queue itself redelivers for ever.
+        q.max_deliver = -1;
         q
     }
 }
@@ -591,6 +594,7 @@ fn main() -> ExitCode {
                     policy,
                     shutdown_grace: std::time::Duration::from_secs(shutdown_grace_s),
                     name,
+                    max_attempts: delivery.max_attempts.max(1) as i64,
                 };
                 classguard::worker::run(store, cfg)?;
                 Ok(())

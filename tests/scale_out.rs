@@ -287,12 +287,38 @@ fn three_workers_thirty_live_uploads_survive_a_kill_a_broker_restart_and_a_poiso
     assert_eq!(lines[0]["recording"], poison.as_str());
     assert_eq!(lines[0]["attempts"], 2);
     // Two crashes of the poison job and the kill, each answered by a restart.
+    // Each ended recording is kept whole for rescans, in place of its segments.
+    let t = Instant::now();
+    let plan = loop {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_classguard"));
+        c.args(["scan", "--plan", "--endpoint-url", &parts.moto.url()])
+            .arg(format!("s3://{BUCKET}/classes/recordings/"))
+            .arg("--store")
+            .arg(parts.dir.path().join("rescan.sqlite"));
+        s3_env(&mut c);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("30 recordings") || t.elapsed() > Duration::from_secs(60) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(plan.contains("30 recordings"), "{plan}");
     assert!(killed, "worker 0 never held a running job");
     assert!(restarts >= 3, "{restarts} restarts");
     eprintln!(
-        "3 workers, 30 live uploads + 1 poison: last verdict after {:.1} s, {restarts} worker restarts",
-        elapsed.as_secs_f64()
+        "3 workers, 30 live uploads + 1 poison: last verdict after {:.1} s, {restarts} worker \
+         restarts, serve peak RSS {:.0} MiB (it loads no model)",
+        elapsed.as_secs_f64(),
+        serve.peak_rss_mib()
     );
+    // The serve node stays light: audits, and their models, live in the workers.
+    assert!(serve.peak_rss_mib() < 300.0, "{} MiB", serve.peak_rss_mib());
     for w in &mut workers {
         let _ = w.kill();
         let _ = w.wait();
@@ -428,6 +454,38 @@ fn sigterm_hands_a_live_audit_back_and_another_worker_finishes_it() {
         sha256_hex(&file)
     );
     assert_eq!(parts.verdict_rows(&id), 1);
+    // The operator's rescan reads the recording kept whole, byte for byte.
+    let t = Instant::now();
+    let rescanned = loop {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_classguard"));
+        c.args(["scan", "--jsonl", "--endpoint-url", &parts.moto.url()])
+            .arg(format!("s3://{BUCKET}/classes/recordings/"))
+            .arg("--store")
+            .arg(parts.dir.path().join("rescan.sqlite"))
+            .arg("--out")
+            .arg(parts.dir.path().join("rescan"));
+        s3_env(&mut c);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the recording was not stored whole"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        rescanned["recording"]["sha256"].as_str().unwrap(),
+        sha256_hex(&file)
+    );
+    assert_eq!(rescanned["decision"], v["decision"]);
     let _ = second.kill();
     let _ = second.wait();
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use classguard::policy::{decide, Policy};
-use classguard::store::{FindingStatus, NewRecording, RecordingState, Store, StoreError};
+use classguard::store::{Attempt, FindingStatus, NewRecording, RecordingState, Store, StoreError};
 use classguard::verdict::{
     Evidence, Finding, Label, ModelRef, ModelUse, PolicyRef, RecordingInfo, Severity, Stats, Track,
     Verdict, SCHEMA_VERSION,
@@ -334,20 +334,40 @@ fn queue_outbox_attempts_and_dead_letters(store: &mut Store) {
         .map(|j| j.recording_id)
         .collect();
     assert_eq!(left, ["rec-3"], "published once");
-    // Deliveries: a later attempt takes the job over; a finished job is not started again.
-    assert!(store.start_attempt(j2, "w1", 1).unwrap());
-    assert!(store.start_attempt(j2, "w2", 2).unwrap());
+    // Deliveries: a live lease keeps a redelivered job with its worker; an expired one (the
+    // worker died) lets the next delivery start a new attempt; attempts are counted here.
+    assert_eq!(
+        store.start_attempt(j2, "w1", 60_000, 2).unwrap(),
+        Attempt::Started(1)
+    );
+    assert!(matches!(
+        store.start_attempt(j2, "w2", 60_000, 2).unwrap(),
+        Attempt::Busy { .. }
+    ));
+    assert!(store.heartbeat(j2, "w1", 0).unwrap(), "w1 holds it");
+    assert_eq!(
+        store.start_attempt(j2, "w2", 60_000, 2).unwrap(),
+        Attempt::Started(2)
+    );
     assert!(!store.finish_job(j2, "w1", None).unwrap(), "w1 lost it");
     assert!(store.finish_job(j2, "w2", None).unwrap());
-    assert!(
-        !store.start_attempt(j2, "w3", 3).unwrap(),
+    assert_eq!(
+        store.start_attempt(j2, "w3", 60_000, 2).unwrap(),
+        Attempt::Finished,
         "a redelivery of a finished job does nothing"
     );
-    // Dead letters: recorded once, the job fails, nothing takes it again.
+    // Attempts used up: the next delivery is a dead letter, recorded once; nothing runs it again.
     let j3 = store.unpublished_jobs(10).unwrap()[0].id;
-    assert!(store.start_attempt(j3, "w1", 3).unwrap());
-    assert!(store.dead_letter(j3, 4, "worker died 3 times").unwrap());
-    assert!(!store.dead_letter(j3, 4, "again").unwrap(), "once");
+    assert_eq!(
+        store.start_attempt(j3, "w1", 0, 1).unwrap(),
+        Attempt::Started(1)
+    );
+    assert_eq!(
+        store.start_attempt(j3, "w2", 0, 1).unwrap(),
+        Attempt::Exhausted { attempts: 1 }
+    );
+    assert!(store.dead_letter(j3, 1, "worker died").unwrap());
+    assert!(!store.dead_letter(j3, 1, "again").unwrap(), "once");
     let dead = store.dead_letters().unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -356,15 +376,18 @@ fn queue_outbox_attempts_and_dead_letters(store: &mut Store) {
             dead[0].attempts,
             dead[0].reason.as_str()
         ),
-        ("rec-3", 4, "worker died 3 times")
+        ("rec-3", 1, "worker died")
     );
-    assert!(!store.start_attempt(j3, "w2", 5).unwrap());
-    assert!(
+    assert_eq!(
+        store.start_attempt(j3, "w2", 0, 5).unwrap(),
+        Attempt::Finished
+    );
+    assert_eq!(
         store
             .claim_job("w9", 99_999, 100)
             .unwrap()
-            .map(|j| j.recording_id)
-            == Some("rec-1".into())
+            .map(|j| j.recording_id),
+        Some("rec-1".into())
     );
 }
 

@@ -290,6 +290,19 @@ impl S3Client {
 
     /// Every object under `url` whose key ends in a media extension, in key order.
     pub fn list(&self, url: &S3Url) -> Result<Vec<ObjectInfo>, S3Error> {
+        self.list_matching(url, super::is_media_name)
+    }
+
+    /// Every object under `url`, in key order.
+    pub fn list_all(&self, url: &S3Url) -> Result<Vec<ObjectInfo>, S3Error> {
+        self.list_matching(url, |_| true)
+    }
+
+    fn list_matching(
+        &self,
+        url: &S3Url,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<ObjectInfo>, S3Error> {
         let uri = url.to_string();
         self.retrying(&uri, "ListObjectsV2", || {
             self.inner.rt.block_on(async {
@@ -317,7 +330,7 @@ impl S3Client {
                         let (Some(key), Some(etag)) = (o.key(), o.e_tag()) else {
                             continue;
                         };
-                        if !super::is_media_name(key) {
+                        if !keep(key) {
                             continue;
                         }
                         found.push(ObjectInfo {

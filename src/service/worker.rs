@@ -85,13 +85,13 @@ pub enum JobError {
 }
 
 /// Renews a job's lease until dropped.
-struct Heartbeat {
+pub struct Heartbeat {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Heartbeat {
-    fn start(store: Arc<Store>, job: i64, worker: String, lease: Duration) -> Self {
+    pub fn start(store: Arc<Store>, job: i64, worker: String, lease: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::Builder::new()

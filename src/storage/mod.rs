@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  <prefix>/uploads/<recording id>/<offset, 20 digits>   one segment per acknowledged write
+//!  <prefix>/recordings/<recording id>.webm               the whole recording, once it ended
 //!  <prefix>/outputs/<recording id>/verdict.json, evidence/*.jpg, mic.webm
 //! ```
 //!
@@ -112,6 +113,61 @@ impl Storage {
             pos: 0,
             current: None,
         }
+    }
+
+    /// Where a finished recording is kept whole, for `classguard scan s3://...` rescans.
+    pub fn recording_key(&self, id: &str) -> String {
+        self.root.key(&format!("recordings/{id}.webm"))
+    }
+
+    /// Replaces the segments of a recording that ended with one object holding its `len` bytes
+    /// (read back through `acked`), then deletes the segments. Idempotent: a retry after a crash
+    /// in between writes the same object again and deletes what is left. The copy goes through a
+    /// temporary file in `scratch`, never memory.
+    pub fn assemble(
+        &self,
+        id: &str,
+        acked: Arc<AckedFn>,
+        scratch: &Path,
+    ) -> Result<u64, StorageError> {
+        let io = |path: &Path, source: io::Error| StorageError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(scratch).map_err(|e| io(scratch, e))?;
+        let spool = scratch.join(format!("{id}.webm.part"));
+        let mut file = std::fs::File::create(&spool).map_err(|e| io(&spool, e))?;
+        let copied = std::io::copy(&mut self.follow(id, acked), &mut file);
+        drop(file);
+        let result = match copied {
+            Ok(n) => self
+                .client
+                .put_file(
+                    &self.root.bucket,
+                    &self.recording_key(id),
+                    &spool,
+                    "video/webm",
+                )
+                .map(|_| n)
+                .map_err(StorageError::from),
+            Err(e) => Err(io(&spool, e)),
+        };
+        let _ = std::fs::remove_file(&spool);
+        let n = result?;
+        self.delete_segments(id)?;
+        Ok(n)
+    }
+
+    /// Deletes every stored segment of a recording.
+    pub fn delete_segments(&self, id: &str) -> Result<(), StorageError> {
+        let segments = S3Url {
+            bucket: self.root.bucket.clone(),
+            prefix: self.root.key(&format!("uploads/{id}/")),
+        };
+        for o in self.client.list_all(&segments)? {
+            self.client.delete(&o.bucket, &o.key)?;
+        }
+        Ok(())
     }
 
     /// Uploads every file under `dir` to the recording's outputs; returns how many.

@@ -225,6 +225,19 @@ pub struct JobRow {
     pub attempts: i64,
 }
 
+/// What a delivered job is to the worker that got it (see [`Store::start_attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Audit it: attempt number `n` (1 for the first), leased to this worker.
+    Started(i64),
+    /// Another attempt holds a live lease until `until_ms`: not this worker's to run.
+    Busy { until_ms: i64 },
+    /// Done, failed or gone: nothing to do.
+    Finished,
+    /// `attempts` attempts started and none finished: a dead letter.
+    Exhausted { attempts: i64 },
+}
+
 /// A job that failed every attempt the queue allows (scale-out mode): shown to operators by
 /// `classguard jobs dead`, never retried on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,8 +372,10 @@ pub trait Backend: Send {
         &mut self,
         job_id: i64,
         worker: &str,
-        attempt: i64,
-    ) -> Result<bool, StoreError>;
+        now_ms: i64,
+        lease_ms: i64,
+        max_attempts: i64,
+    ) -> Result<Attempt, StoreError>;
     fn dead_letter(
         &mut self,
         job_id: i64,
@@ -836,15 +851,20 @@ impl Store {
         self.b().mark_published(job_id, now_ms())
     }
 
-    /// A worker took delivery `attempt` of the job; `false` when the job is already finished
-    /// (a redelivery after its verdict was written: nothing to do).
+    /// A worker took a delivery of the job: decides, in one transaction, whether it audits (a
+    /// new attempt, leased for `lease_ms` and renewed by [`Store::heartbeat`]), leaves it to the
+    /// worker that holds a live lease (the queue redelivered because an ack was missed, not
+    /// because a worker died), finds it finished, or finds its attempts used up (dead letter).
+    /// Attempts are counted here, not by the queue's delivery count, for that reason.
     pub fn start_attempt(
         &self,
         job_id: i64,
         worker: &str,
-        attempt: i64,
-    ) -> Result<bool, StoreError> {
-        self.b().start_attempt(job_id, worker, attempt)
+        lease_ms: i64,
+        max_attempts: i64,
+    ) -> Result<Attempt, StoreError> {
+        self.b()
+            .start_attempt(job_id, worker, now_ms(), lease_ms, max_attempts)
     }
 
     /// Records the job as a dead letter and fails it; `false` if it already was one.

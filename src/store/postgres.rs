@@ -6,8 +6,8 @@ use postgres::{Client, NoTls, Row};
 
 use super::review_sql::{act_audit, finding_status, next_state, refuse, ItemLock};
 use super::{
-    to_i64, Backend, DeadLetterRow, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow,
-    NewRecording, RecordingRow, RecordingState, StoreError, TokenRow,
+    to_i64, Attempt, Backend, DeadLetterRow, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus,
+    JobRow, NewRecording, RecordingRow, RecordingState, StoreError, TokenRow,
 };
 use super::{
     ActOutcome, AuditEntry, AuditRow, ClaimState, DecisionRow, EvidenceRef, ItemDetail, Lockout,
@@ -792,13 +792,37 @@ impl Backend for PostgresBackend {
         &mut self,
         job_id: i64,
         worker: &str,
-        attempt: i64,
-    ) -> Result<bool, StoreError> {
-        Ok(self.client.execute(
-            "UPDATE jobs SET state = 'running', worker = $2, attempts = GREATEST(attempts, $3)
-             WHERE id = $1 AND state IN ('queued', 'running')",
-            &[&job_id, &worker, &attempt],
-        )? > 0)
+        now_ms: i64,
+        lease_ms: i64,
+        max_attempts: i64,
+    ) -> Result<Attempt, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let Some(row) = tx.query_opt(
+            "SELECT state, attempts, lease_until_ms FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&job_id],
+        )?
+        else {
+            return Ok(Attempt::Finished);
+        };
+        let (state, attempts, lease): (String, i64, Option<i64>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let decision = match state.as_str() {
+            "done" | "failed" => Attempt::Finished,
+            "running" if lease.is_some_and(|l| l > now_ms) => Attempt::Busy {
+                until_ms: lease.unwrap_or(now_ms),
+            },
+            _ if attempts >= max_attempts => Attempt::Exhausted { attempts },
+            _ => {
+                tx.execute(
+                    "UPDATE jobs SET state = 'running', worker = $2, attempts = attempts + 1,
+                         lease_until_ms = $3 WHERE id = $1",
+                    &[&job_id, &worker, &(now_ms + lease_ms)],
+                )?;
+                Attempt::Started(attempts + 1)
+            }
+        };
+        tx.commit()?;
+        Ok(decision)
     }
 
     fn dead_letter(

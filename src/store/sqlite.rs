@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::review_sql::{act_audit, finding_status, next_state, refuse, ItemLock};
 use super::{
-    to_i64, Backend, DeadLetterRow, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus, JobRow,
-    NewRecording, RecordingRow, RecordingState, StoreError, TokenRow,
+    to_i64, Attempt, Backend, DeadLetterRow, DeliveryRow, EvidenceEntry, FindingRow, FindingStatus,
+    JobRow, NewRecording, RecordingRow, RecordingState, StoreError, TokenRow,
 };
 use super::{
     ActOutcome, AuditEntry, AuditRow, ClaimState, DecisionRow, EvidenceRef, ItemDetail, Lockout,
@@ -825,13 +825,40 @@ impl Backend for SqliteBackend {
         &mut self,
         job_id: i64,
         worker: &str,
-        attempt: i64,
-    ) -> Result<bool, StoreError> {
-        Ok(self.exec(
-            "UPDATE jobs SET state = 'running', worker = ?2, attempts = MAX(attempts, ?3)
-             WHERE id = ?1 AND state IN ('queued', 'running')",
-            params![job_id, worker, attempt],
-        )? > 0)
+        now_ms: i64,
+        lease_ms: i64,
+        max_attempts: i64,
+    ) -> Result<Attempt, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(String, i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT state, attempts, lease_until_ms FROM jobs WHERE id = ?1",
+                [job_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((state, attempts, lease)) = row else {
+            return Ok(Attempt::Finished);
+        };
+        let decision = match state.as_str() {
+            "done" | "failed" => Attempt::Finished,
+            "running" if lease.is_some_and(|l| l > now_ms) => Attempt::Busy {
+                until_ms: lease.unwrap_or(now_ms),
+            },
+            _ if attempts >= max_attempts => Attempt::Exhausted { attempts },
+            _ => {
+                tx.execute(
+                    "UPDATE jobs SET state = 'running', worker = ?2, attempts = attempts + 1,
+                         lease_until_ms = ?3 WHERE id = ?1",
+                    params![job_id, worker, now_ms + lease_ms],
+                )?;
+                Attempt::Started(attempts + 1)
+            }
+        };
+        tx.commit()?;
+        Ok(decision)
     }
 
     fn dead_letter(

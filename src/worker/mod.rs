@@ -11,9 +11,12 @@
 //! ```
 //!
 //! Failure handling: a worker that dies stops sending progress, so the queue redelivers the job
-//! after `ack_wait` to another worker; the delivery count says which attempt this is, and the
-//! delivery after the last allowed attempt records a dead letter and an `error` verdict instead
-//! of auditing again, so a recording that crashes every worker cannot loop forever. SIGTERM
+//! after `ack_wait` to another worker. Attempts are counted in the store with a lease the running
+//! attempt renews (the queue's delivery count also counts redeliveries of audits that are still
+//! running, after a broker restart or a late progress ack): a delivery whose job holds a live
+//! lease waits, and the delivery after the last allowed attempt records a dead letter and an
+//! `error` verdict instead of auditing again, so a recording that crashes every worker cannot
+//! loop forever. SIGTERM
 //! stops pulling, lets running audits finish for a grace period, then naks what is left (it is
 //! redelivered at once to another worker) and exits.
 
@@ -28,9 +31,9 @@ use crate::policy::Policy;
 use crate::queue::{Delivery, JobQueue, QueueConfig, QueueError};
 use crate::service::files::End;
 use crate::service::outbox::JobMessage;
-use crate::service::worker::{audit_stored, commit_final, end_of, JobEnv, JobError};
+use crate::service::worker::{audit_stored, commit_final, end_of, Heartbeat, JobEnv, JobError};
 use crate::storage::{AckedFn, Storage, StorageError};
-use crate::store::{RecordingState, Store, StoreError};
+use crate::store::{Attempt, RecordingState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -67,6 +70,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// This worker's name in the store (which attempt ran where).
     pub name: String,
+    /// Attempts (audits started and never finished: the worker died, or hung past its lease)
+    /// before a job is a dead letter. Counted in the store, not by the queue: a broker restart
+    /// or a late progress ack redelivers a job whose audit is still running.
+    pub max_attempts: i64,
 }
 
 /// The process's name in the store: host and pid.
@@ -251,26 +258,21 @@ async fn handle(ctx: Arc<Context>, delivery: Arc<Delivery>, in_flight: InFlight)
     let pinger = progress_pinger(&ctx, &delivery);
     let job_ctx = ctx.clone();
     let job = msg.clone();
-    let last = delivery.last_attempt;
-    let result = tokio::task::spawn_blocking(move || {
-        if last {
-            dead_letter(&job_ctx, &job, attempt - 1)
-        } else {
-            audit_job(&job_ctx, &job, attempt)
-        }
-    })
-    .await;
+    let result = tokio::task::spawn_blocking(move || run_delivery(&job_ctx, &job)).await;
     pinger.abort();
     in_flight
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&seq);
     match result {
-        Ok(Ok(())) => {
+        Ok(Ok(After::Ack)) => {
             if let Err(e) = delivery.ack().await {
                 // Redelivered later; the job is finished in the store, so that costs one lookup.
                 tracing::warn!(recording = %msg.recording, "ack: {e}");
             }
+        }
+        Ok(Ok(After::Later(delay))) => {
+            let _ = delivery.nak(Some(delay)).await;
         }
         Ok(Err(e)) => {
             tracing::warn!(recording = %msg.recording, attempt, "job failed, handed back: {e}");
@@ -310,15 +312,49 @@ fn stored_sha256(ctx: &Context, id: &str) -> String {
     }
 }
 
-fn audit_job(ctx: &Context, job: &JobMessage, attempt: u64) -> Result<(), JobError> {
+/// What to tell the queue about a delivery once it is handled.
+enum After {
+    Ack,
+    /// Deliver it again after this long (another worker's attempt is alive).
+    Later(Duration),
+}
+
+fn run_delivery(ctx: &Context, job: &JobMessage) -> Result<After, JobError> {
     let id = job.recording.as_str();
-    if !ctx
+    let lease_ms = ctx.cfg.queue.ack_wait.as_millis() as i64;
+    match ctx
         .store
-        .start_attempt(job.job, &ctx.cfg.name, attempt as i64)?
+        .start_attempt(job.job, &ctx.cfg.name, lease_ms, ctx.cfg.max_attempts)?
     {
-        tracing::info!(recording = %id, "job already finished: nothing to do");
-        return Ok(());
+        Attempt::Finished => {
+            tracing::info!(recording = %id, "job already finished: nothing to do");
+            Ok(After::Ack)
+        }
+        Attempt::Busy { until_ms } => {
+            // Redelivered while its audit still runs (a missed progress ack): that attempt's
+            // worker is alive and renewing its lease. Look again when the lease would run out.
+            let wait = (until_ms - crate::store::now_ms()).max(0) as u64 + 500;
+            Ok(After::Later(Duration::from_millis(wait)))
+        }
+        Attempt::Exhausted { attempts } => {
+            dead_letter(ctx, job, attempts)?;
+            Ok(After::Ack)
+        }
+        Attempt::Started(n) => {
+            let _lease = Heartbeat::start(
+                ctx.store.clone(),
+                job.job,
+                ctx.cfg.name.clone(),
+                ctx.cfg.queue.ack_wait,
+            );
+            audit_job(ctx, job, n)?;
+            Ok(After::Ack)
+        }
     }
+}
+
+fn audit_job(ctx: &Context, job: &JobMessage, attempt: i64) -> Result<(), JobError> {
+    let id = job.recording.as_str();
     tracing::info!(recording = %id, attempt, "audit job taken");
     if let Some(row) = ctx.store.get_recording(id)? {
         crate::fault::crash_if_session(row.session_id.as_deref());
@@ -340,7 +376,31 @@ fn audit_job(ctx: &Context, job: &JobMessage, attempt: u64) -> Result<(), JobErr
     let sha_of = || stored_sha256(ctx, id);
     audit_stored(&env, id, &out_dir, open, &sha_of)?;
     upload_outputs(ctx, id, &out_dir)?;
+    assemble(ctx, id)?;
     ctx.store.finish_job(job.job, &ctx.cfg.name, None)?;
+    Ok(())
+}
+
+/// Keeps an ended recording whole in storage (`recordings/<id>.webm`) for rescans, in place of
+/// its segments. A terminated upload was deleted by its client: its segments go, nothing is kept.
+fn assemble(ctx: &Context, id: &str) -> Result<(), JobError> {
+    let Some(row) = ctx.store.get_recording(id)? else {
+        return Ok(());
+    };
+    if row.state == RecordingState::Uploading {
+        return Ok(());
+    }
+    let storage_err = |e: StorageError| JobError::Storage(format!("{id}: {e}"));
+    if row.state == RecordingState::Terminated {
+        return ctx.storage.delete_segments(id).map_err(storage_err);
+    }
+    let bytes = row.bytes_received.max(0) as u64;
+    let acked: Arc<AckedFn> = Arc::new(move || Ok((bytes, End::Complete)));
+    let n = ctx
+        .storage
+        .assemble(id, acked, &ctx.cfg.work_dir.join("spool"))
+        .map_err(storage_err)?;
+    tracing::info!(recording = %id, bytes = n, "recording stored whole");
     Ok(())
 }
 
@@ -360,13 +420,13 @@ fn upload_outputs(ctx: &Context, id: &str, out_dir: &std::path::Path) -> Result<
 
 /// The delivery after the last allowed attempt: no audit, a dead letter for operators and an
 /// `error` verdict, so the recording still ends with exactly one verdict and its client hears.
-fn dead_letter(ctx: &Context, job: &JobMessage, attempts: u64) -> Result<(), JobError> {
+fn dead_letter(ctx: &Context, job: &JobMessage, attempts: i64) -> Result<(), JobError> {
     let id = job.recording.as_str();
     let reason = format!(
         "dead letter: the audit did not finish in {attempts} attempts (each worker crashed, was \
          killed or stopped answering the queue); not retried automatically"
     );
-    if ctx.store.dead_letter(job.job, attempts as i64, &reason)? {
+    if ctx.store.dead_letter(job.job, attempts, &reason)? {
         tracing::error!(recording = %id, attempts, "job is a dead letter");
     }
     let Some(row) = ctx.store.get_recording(id)? else {
@@ -391,4 +451,5 @@ fn dead_letter(ctx: &Context, job: &JobMessage, attempts: u64) -> Result<(), Job
     let out_dir = ctx.cfg.work_dir.join("recordings").join(id);
     commit_final(&ctx.store, &ctx.policy, &row, &verdict, &[], &out_dir)?;
     upload_outputs(ctx, id, &out_dir)
+    // The segments stay: an operator looking into a dead letter wants the bytes as they came.
 }
