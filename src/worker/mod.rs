@@ -127,7 +127,10 @@ pub async fn run_until(
     let queue = JobQueue::connect(&cfg.queue).await?;
     let models = {
         let policy = policy.clone();
-        let n = cfg.jobs.max(1) * cfg.model_workers.max(1);
+        // Sessions for at most one job per core: more would only add memory (each session holds
+        // its own arena), as a live upload's job mostly waits for bytes; the jobs share them.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = cfg.jobs.clamp(1, cores) * cfg.model_workers.max(1);
         tokio::task::spawn_blocking(move || {
             AuditModels::load(&policy, &crate::models::ModelHome::locate(), n)
         })
