@@ -12,30 +12,14 @@
 //!   CG_BENCH_REPEAT   runs of each (default 3)
 //!   CLASSGUARD_MOTO_VENV  moto's venv (default ~/.cache/classguard-tools/moto, from scripts/setup)
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+// The tests' moto harness; the bench uses only some of it.
+#[allow(dead_code)]
+#[path = "../tests/common/moto.rs"]
+mod moto;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// moto does not check signatures, but refuses some unsigned requests (DELETE).
-const FAKE_SIGV4: &str = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
-                          SignedHeaders=host, Signature=0";
-
-fn http(port: u16, method: &str, path: &str, body: &[u8]) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\
-         Authorization: {FAKE_SIGV4}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).ok()?;
-    let line = String::from_utf8_lossy(&resp[..resp.len().min(64)]).to_string();
-    line.split_whitespace().nth(1)?.parse().ok()
-}
 
 /// CPU time (user + system) of the waited-for children so far.
 fn children_cpu() -> Duration {
@@ -101,44 +85,16 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let venv = std::env::var_os("CLASSGUARD_MOTO_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/classguard-tools/moto")
-        });
-    let moto_bin = venv.join("bin/moto_server");
-    if !moto_bin.is_file() {
-        eprintln!(
-            "s3_scan: {} not found; run scripts/setup first",
-            moto_bin.display()
-        );
+    let Some(moto) = moto::Moto::start() else {
+        eprintln!("s3_scan: moto is not installed; run scripts/setup first");
         return;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut moto = Command::new(&moto_bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting moto_server");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http(port, "GET", "/", &[]).is_none() {
-        assert!(Instant::now() < deadline, "moto did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    let port = moto.port;
     let bytes = std::fs::read(&input).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
     let name = input.file_name().unwrap().to_string_lossy().to_string();
-    assert_eq!(http(port, "PUT", "/bench", &[]), Some(200));
-    assert_eq!(
-        http(port, "PUT", &format!("/bench/in/{name}"), &bytes),
-        Some(200)
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
+    moto::put(port, "/bench", &[]);
+    moto::put(port, &format!("/bench/in/{name}"), &bytes);
+    let endpoint = moto.url();
     let work = std::env::temp_dir().join(format!("classguard-s3-bench-{}", std::process::id()));
     let local_input = input.to_string_lossy().to_string();
     let s3_input = format!("s3://bench/in/{name}");
@@ -157,8 +113,7 @@ fn main() {
         local.push(l);
         s3.push(s);
     }
-    let _ = moto.kill();
-    let _ = moto.wait();
+    drop(moto);
     let _ = std::fs::remove_dir_all(&work);
     let fastest = |runs: &[(Duration, Duration)]| runs.iter().map(|r| r.0).min().unwrap();
     let least_cpu = |runs: &[(Duration, Duration)]| runs.iter().map(|r| r.1).min().unwrap();

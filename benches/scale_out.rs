@@ -25,17 +25,19 @@ mod nats;
 #[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]
 mod pg;
+#[allow(dead_code)]
+#[path = "../tests/common/serve.rs"]
+mod serve;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
+use common::env_or;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
+/// One request through the tests' HTTP helper: status and body.
 fn http(
     addr: &str,
     method: &str,
@@ -43,28 +45,9 @@ fn http(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to serve");
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, body) = serve::http(&format!("http://{addr}"), method, path, &h, body);
+    (status, body)
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {
@@ -220,26 +203,7 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::current_exe().unwrap();
-    let release_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.join("target/release"));
-    let bin = release_dir.join("classguard");
-    if std::env::var_os("CG_BENCH_NO_BUILD").is_none() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "--release", "--quiet", "--bin", "classguard"])
-            .env(
-                "CARGO_TARGET_DIR",
-                release_dir.parent().expect("target dir"),
-            )
-            .current_dir(&root)
-            .status()
-            .expect("cargo build");
-        assert!(st.success(), "cargo build --release failed");
-    }
+    let bin = common::release_classguard();
     let d: u64 = env_or("CG_BENCH_DURATION", "120").parse().expect("seconds");
     let recordings: usize = env_or("CG_BENCH_RECORDINGS", "6").parse().expect("a count");
     let jobs: usize = env_or("CG_BENCH_JOBS", "2").parse().expect("a count");

@@ -14,15 +14,14 @@
 //!   CG_BENCH_PACE       1       media seconds sent per wall second; 0: no pacing
 //!   CG_BENCH_NO_BUILD   unset   set to skip `cargo build --release --bin classguard`
 
+mod common;
+
+use common::env_or;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
 
 /// One HTTP/1.1 request; returns status, lower-cased head and body.
 fn http(
@@ -220,26 +219,7 @@ fn run_one(bin: &Path, input: &Path, media_s: f64, pace: f64) -> Run {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::current_exe().unwrap();
-    let release_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.join("target/release"));
-    let bin = release_dir.join("classguard");
-    if std::env::var_os("CG_BENCH_NO_BUILD").is_none() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "--release", "--quiet", "--bin", "classguard"])
-            .env(
-                "CARGO_TARGET_DIR",
-                release_dir.parent().expect("target dir"),
-            )
-            .current_dir(&root)
-            .status()
-            .expect("cargo build");
-        assert!(st.success(), "cargo build --release failed");
-    }
+    let bin = common::release_classguard();
     let pace: f64 = env_or("CG_BENCH_PACE", "1")
         .parse()
         .expect("CG_BENCH_PACE is a number");

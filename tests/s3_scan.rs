@@ -918,18 +918,8 @@ fn serve_audits_an_object_named_by_its_s3_url() {
     s3.upload("classes/class42-camera.webm", &bytes);
     let dir = tempfile::tempdir().unwrap();
     let endpoint = s3.proxy.url();
-    let env = [
-        ("CLASSGUARD_S3_ENDPOINT", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_CONFIG_FILE", "/nonexistent/aws-config"),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws-credentials",
-        ),
-    ];
+    let mut env = common::moto::S3_ENV.to_vec();
+    env.push(("CLASSGUARD_S3_ENDPOINT", endpoint.as_str()));
     let serve = Serve::start_env(&dir.path().join("serve"), &[], &env);
     let token = serve.token("school-a");
     let auth = format!("Bearer {token}");

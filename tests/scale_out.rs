@@ -110,6 +110,25 @@ impl Parts {
         .get(0)
     }
 
+    /// `classguard scan <mode>` of the recordings the workers kept whole; its stdout.
+    fn rescan(&self, mode: &str) -> String {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_classguard"));
+        c.args(["scan", mode, "--endpoint-url", &self.moto.url()])
+            .arg(format!("s3://{BUCKET}/classes/recordings/"))
+            .arg("--store")
+            .arg(self.dir.path().join("rescan.sqlite"))
+            .arg("--out")
+            .arg(self.dir.path().join("rescan"));
+        s3_env(&mut c);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Jobs the store says `worker` is running (workers are named host-pid).
     fn running_jobs_of(&self, worker: &Child) -> i64 {
         let mut c = ::postgres::Client::connect(&self.pg.url, ::postgres::NoTls).unwrap();
@@ -290,19 +309,7 @@ fn three_workers_thirty_live_uploads_survive_a_kill_a_broker_restart_and_a_poiso
     // Each ended recording is kept whole for rescans, in place of its segments.
     let t = Instant::now();
     let plan = loop {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_classguard"));
-        c.args(["scan", "--plan", "--endpoint-url", &parts.moto.url()])
-            .arg(format!("s3://{BUCKET}/classes/recordings/"))
-            .arg("--store")
-            .arg(parts.dir.path().join("rescan.sqlite"));
-        s3_env(&mut c);
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = parts.rescan("--plan");
         if text.contains("30 recordings") || t.elapsed() > Duration::from_secs(60) {
             break text;
         }
@@ -457,21 +464,7 @@ fn sigterm_hands_a_live_audit_back_and_another_worker_finishes_it() {
     // The operator's rescan reads the recording kept whole, byte for byte.
     let t = Instant::now();
     let rescanned = loop {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_classguard"));
-        c.args(["scan", "--jsonl", "--endpoint-url", &parts.moto.url()])
-            .arg(format!("s3://{BUCKET}/classes/recordings/"))
-            .arg("--store")
-            .arg(parts.dir.path().join("rescan.sqlite"))
-            .arg("--out")
-            .arg(parts.dir.path().join("rescan"));
-        s3_env(&mut c);
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = parts.rescan("--jsonl");
         if let Some(line) = text.lines().next() {
             break serde_json::from_str::<serde_json::Value>(line).unwrap();
         }

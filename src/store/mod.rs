@@ -238,6 +238,27 @@ pub enum Attempt {
     Exhausted { attempts: i64 },
 }
 
+impl Attempt {
+    /// The decision for a job row in `state` with `attempts` started and its lease; `None`:
+    /// start attempt `attempts + 1` (both backends then write it in the same transaction).
+    pub(crate) fn decide(
+        state: &str,
+        attempts: i64,
+        lease_until_ms: Option<i64>,
+        now_ms: i64,
+        max_attempts: i64,
+    ) -> Option<Attempt> {
+        match state {
+            "done" | "failed" => Some(Attempt::Finished),
+            "running" if lease_until_ms.is_some_and(|l| l > now_ms) => Some(Attempt::Busy {
+                until_ms: lease_until_ms.unwrap_or(now_ms),
+            }),
+            _ if attempts >= max_attempts => Some(Attempt::Exhausted { attempts }),
+            _ => None,
+        }
+    }
+}
+
 /// A job that failed every attempt the queue allows (scale-out mode): shown to operators by
 /// `classguard jobs dead`, never retried on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -806,13 +806,9 @@ impl Backend for PostgresBackend {
         };
         let (state, attempts, lease): (String, i64, Option<i64>) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let decision = match state.as_str() {
-            "done" | "failed" => Attempt::Finished,
-            "running" if lease.is_some_and(|l| l > now_ms) => Attempt::Busy {
-                until_ms: lease.unwrap_or(now_ms),
-            },
-            _ if attempts >= max_attempts => Attempt::Exhausted { attempts },
-            _ => {
+        let decision = match Attempt::decide(&state, attempts, lease, now_ms, max_attempts) {
+            Some(d) => d,
+            None => {
                 tx.execute(
                     "UPDATE jobs SET state = 'running', worker = $2, attempts = attempts + 1,
                          lease_until_ms = $3 WHERE id = $1",

@@ -842,13 +842,9 @@ impl Backend for SqliteBackend {
         let Some((state, attempts, lease)) = row else {
             return Ok(Attempt::Finished);
         };
-        let decision = match state.as_str() {
-            "done" | "failed" => Attempt::Finished,
-            "running" if lease.is_some_and(|l| l > now_ms) => Attempt::Busy {
-                until_ms: lease.unwrap_or(now_ms),
-            },
-            _ if attempts >= max_attempts => Attempt::Exhausted { attempts },
-            _ => {
+        let decision = match Attempt::decide(&state, attempts, lease, now_ms, max_attempts) {
+            Some(d) => d,
+            None => {
                 tx.execute(
                     "UPDATE jobs SET state = 'running', worker = ?2, attempts = attempts + 1,
                          lease_until_ms = ?3 WHERE id = ?1",
