@@ -461,6 +461,23 @@ fn sigterm_hands_a_live_audit_back_and_another_worker_finishes_it() {
         sha256_hex(&file)
     );
     assert_eq!(parts.verdict_rows(&id), 1);
+    // The hand-back was not a failed attempt: the second worker's was attempt 1 again.
+    let mut c = ::postgres::Client::connect(&parts.pg.url, ::postgres::NoTls).unwrap();
+    let t = Instant::now();
+    let (attempts, state) = loop {
+        let r = c
+            .query_one(
+                "SELECT attempts, state FROM jobs WHERE recording_id = $1",
+                &[&id],
+            )
+            .unwrap();
+        let (attempts, state): (i64, String) = (r.get(0), r.get(1));
+        if state == "done" || t.elapsed() > Duration::from_secs(30) {
+            break (attempts, state);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!((attempts, state.as_str()), (1, "done"));
     // The operator's rescan reads the recording kept whole, byte for byte.
     let t = Instant::now();
     let rescanned = loop {

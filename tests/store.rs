@@ -344,6 +344,13 @@ fn queue_outbox_attempts_and_dead_letters(store: &mut Store) {
         store.start_attempt(j2, "w2", 60_000, 2).unwrap(),
         Attempt::Busy { .. }
     ));
+    // A graceful hand-back does not count: the next delivery starts attempt 1 again at once.
+    assert!(!store.release_attempt(j2, "w2").unwrap(), "not w2's");
+    assert!(store.release_attempt(j2, "w1").unwrap());
+    assert_eq!(
+        store.start_attempt(j2, "w1", 60_000, 2).unwrap(),
+        Attempt::Started(1)
+    );
     assert!(store.heartbeat(j2, "w1", 0).unwrap(), "w1 holds it");
     assert_eq!(
         store.start_attempt(j2, "w2", 60_000, 2).unwrap(),

@@ -397,6 +397,7 @@ pub trait Backend: Send {
         lease_ms: i64,
         max_attempts: i64,
     ) -> Result<Attempt, StoreError>;
+    fn release_attempt(&mut self, job_id: i64, worker: &str) -> Result<bool, StoreError>;
     fn dead_letter(
         &mut self,
         job_id: i64,
@@ -886,6 +887,13 @@ impl Store {
     ) -> Result<Attempt, StoreError> {
         self.b()
             .start_attempt(job_id, worker, now_ms(), lease_ms, max_attempts)
+    }
+
+    /// Hands a running attempt back unfinished and uncounted (a worker shutting down gracefully):
+    /// the job is queued again with no lease, so the next delivery starts it at once. `false` if
+    /// the attempt is no longer this worker's.
+    pub fn release_attempt(&self, job_id: i64, worker: &str) -> Result<bool, StoreError> {
+        self.b().release_attempt(job_id, worker)
     }
 
     /// Records the job as a dead letter and fails it; `false` if it already was one.

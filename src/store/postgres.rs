@@ -821,6 +821,14 @@ impl Backend for PostgresBackend {
         Ok(decision)
     }
 
+    fn release_attempt(&mut self, job_id: i64, worker: &str) -> Result<bool, StoreError> {
+        Ok(self.client.execute(
+            "UPDATE jobs SET state = 'queued', attempts = GREATEST(attempts - 1, 0), worker = NULL,
+                 lease_until_ms = NULL WHERE id = $1 AND worker = $2 AND state = 'running'",
+            &[&job_id, &worker],
+        )? > 0)
+    }
+
     fn dead_letter(
         &mut self,
         job_id: i64,

@@ -111,8 +111,9 @@ struct Context {
     cfg: WorkerConfig,
 }
 
-/// Deliveries being audited, by stream sequence: naked on a shutdown that runs out of grace.
-type InFlight = Arc<Mutex<HashMap<u64, Arc<Delivery>>>>;
+/// Deliveries being audited (with their job), by stream sequence: handed back on a shutdown
+/// that runs out of grace.
+type InFlight = Arc<Mutex<HashMap<u64, (Arc<Delivery>, i64)>>>;
 
 pub async fn run_until(
     store: Arc<Store>,
@@ -209,13 +210,24 @@ pub async fn run_until(
     })
     .await;
     if drained.is_err() {
-        let left: Vec<Arc<Delivery>> = in_flight
+        let left: Vec<(Arc<Delivery>, i64)> = in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
             .collect();
-        for d in left {
+        for (d, job) in left {
+            // Not a failed attempt: released in the store first, so the next delivery starts it
+            // at once instead of waiting out this worker's lease.
+            let (store, name) = (ctx.store.clone(), cfg.name.clone());
+            let released =
+                tokio::task::spawn_blocking(move || store.release_attempt(job, &name)).await;
+            if !matches!(released, Ok(Ok(true))) {
+                tracing::warn!(
+                    seq = d.stream_sequence,
+                    "releasing the attempt: {released:?}"
+                );
+            }
             match d.nak(None).await {
                 Ok(()) => tracing::info!(seq = d.stream_sequence, "job handed back"),
                 Err(e) => tracing::warn!(seq = d.stream_sequence, "handing a job back: {e}"),
@@ -256,7 +268,7 @@ async fn handle(ctx: Arc<Context>, delivery: Arc<Delivery>, in_flight: InFlight)
     in_flight
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(seq, delivery.clone());
+        .insert(seq, (delivery.clone(), msg.job));
     // Progress acks keep a long (or live) audit from being redelivered while it runs.
     let pinger = progress_pinger(&ctx, &delivery);
     let job_ctx = ctx.clone();
