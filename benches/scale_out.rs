@@ -89,19 +89,7 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
         "--s3-endpoint-url".into(),
         moto.url(),
     ];
-    let out = Command::new(bin)
-        .args(["token", "create", "--name", "bench", "--database", &db.url])
-        .output()
-        .expect("token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("token: ").map(str::to_string))
-        .expect("token printed");
+    let token = common::create_token(bin, &db.url);
     let mut serve = Command::new(bin);
     serve
         .args(["serve", "--listen", "127.0.0.1:0", "--database", &db.url])

@@ -88,20 +88,7 @@ impl Serve {
 
 fn start_serve(bin: &Path, dir: &Path) -> (Serve, String) {
     let db = dir.join("store.sqlite");
-    let out = Command::new(bin)
-        .args(["token", "create", "--name", "bench", "--database"])
-        .arg(&db)
-        .output()
-        .expect("token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("token: ").map(str::to_string))
-        .expect("token printed");
+    let token = common::create_token(bin, &db.to_string_lossy());
     let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--database"])
         .arg(&db)

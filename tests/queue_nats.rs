@@ -35,6 +35,17 @@ async fn depth(q: &JobQueue) -> QueueDepth {
     q.depth().await.expect("depth")
 }
 
+/// Nothing waiting and nothing in flight.
+async fn assert_drained(q: &JobQueue) {
+    assert_eq!(
+        depth(q).await,
+        QueueDepth {
+            pending: 0,
+            ack_pending: 0
+        }
+    );
+}
+
 /// Messages the stream still stores (a work-queue stream drops a job once it is acked).
 async fn stored(server: &NatsServer, stream: &str) -> u64 {
     let client = async_nats::connect(server.url()).await.unwrap();
@@ -112,13 +123,7 @@ async fn unacked_job_is_redelivered_after_ack_wait() {
     assert_eq!(again.stream_sequence, first.stream_sequence);
     assert_eq!(again.payload, first.payload);
     again.ack().await.unwrap();
-    assert_eq!(
-        depth(&q).await,
-        QueueDepth {
-            pending: 0,
-            ack_pending: 0
-        }
-    );
+    assert_drained(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,13 +170,7 @@ async fn progress_keeps_a_long_job_from_redelivery() {
         "redelivered after ack",
     )
     .await;
-    assert_eq!(
-        depth(&q).await,
-        QueueDepth {
-            pending: 0,
-            ack_pending: 0
-        }
-    );
+    assert_drained(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,13 +212,7 @@ async fn nak_redelivers_term_drops_ack_removes() {
     c.ack().await.unwrap();
 
     assert_none(&q, ACK_WAIT + Duration::from_secs(1), "a job came back").await;
-    assert_eq!(
-        depth(&q).await,
-        QueueDepth {
-            pending: 0,
-            ack_pending: 0
-        }
-    );
+    assert_drained(&q).await;
     assert_eq!(stored(&server, "CLASSGUARD_JOBS").await, 0);
 }
 
@@ -279,13 +272,7 @@ async fn jobs_survive_a_server_restart_and_the_handle_recovers() {
     let d = next_some(&q, Duration::from_secs(2)).await;
     assert_eq!(d.msg_id.as_deref(), Some("after"));
     d.ack().await.unwrap();
-    assert_eq!(
-        depth(&q).await,
-        QueueDepth {
-            pending: 0,
-            ack_pending: 0
-        }
-    );
+    assert_drained(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,19 @@ impl Parts {
         .get(0)
     }
 
+    /// Like systemd: a worker that exited is started again. How many were.
+    fn supervise(&self, workers: &mut [Child]) -> usize {
+        let mut restarted = 0;
+        for (n, w) in workers.iter_mut().enumerate() {
+            if let Ok(Some(status)) = w.try_wait() {
+                restarted += 1;
+                eprintln!("worker {n} exited ({status}); restarting");
+                *w = self.worker(n, &[]);
+            }
+        }
+        restarted
+    }
+
     /// `classguard scan <mode>` of the recordings the workers kept whole; its stdout.
     fn rescan(&self, mode: &str) -> String {
         let mut c = Command::new(env!("CARGO_BIN_EXE_classguard"));
@@ -222,14 +235,7 @@ fn three_workers_thirty_live_uploads_survive_a_kill_a_broker_restart_and_a_poiso
             "uploads did not finish\n{}",
             parts.log_tail()
         );
-        // Like systemd: a worker that exits is started again.
-        for (n, w) in workers.iter_mut().enumerate() {
-            if let Ok(Some(status)) = w.try_wait() {
-                restarts += 1;
-                eprintln!("worker {n} exited ({status}); restarting");
-                *w = parts.worker(n, &[]);
-            }
-        }
+        restarts += parts.supervise(&mut workers);
         let t = started.elapsed();
         if !killed && t > Duration::from_secs(6) && parts.running_jobs_of(&workers[0]) > 0 {
             // Mid-audit: worker 0 is auditing live uploads right now.
@@ -282,7 +288,27 @@ fn three_workers_thirty_live_uploads_survive_a_kill_a_broker_restart_and_a_poiso
     assert!(per_file.values().all(|&n| n == 3), "{per_file:?}");
 
     // The poison job: crashed each worker that took it, then a dead letter and an error verdict.
-    let v = serve.wait_verdict(&token, &poison, Duration::from_secs(120));
+    // Still supervising: the poison job may crash its last worker after the uploads are done.
+    let t = Instant::now();
+    let v = loop {
+        restarts += parts.supervise(&mut workers);
+        let (st, _, body) = http(
+            &serve.base,
+            "GET",
+            &format!("/v1/recordings/{poison}/verdict"),
+            &[("Authorization", &auth)],
+            b"",
+        );
+        if st == 200 {
+            break serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no verdict for the poison recording\n{}",
+            parts.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(v["decision"], "error", "{v}");
     assert!(
         v["recording"]["error"]

@@ -33,3 +33,20 @@ pub fn release_classguard() -> PathBuf {
     }
     release_dir.join("classguard")
 }
+
+/// `classguard token create` on `database`; the token (printed once).
+pub fn create_token(bin: &Path, database: &str) -> String {
+    let out = Command::new(bin)
+        .args(["token", "create", "--name", "bench", "--database", database])
+        .output()
+        .expect("token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("token: ").map(str::to_string))
+        .expect("token printed")
+}
