@@ -175,14 +175,22 @@ pub async fn run_until(
                     // A redelivered job may be the one that crashed its last worker, taking every
                     // job of that process down with it: it runs alone, so a crash costs an
                     // attempt of this job only, never of innocent neighbours.
+                    // Neighbours that run long (live uploads) are not waited for beyond one
+                    // `ack_wait`: the job goes back for a worker with room (attempts are counted
+                    // in the store, so that costs none).
                     let pinger = progress_pinger(&ctx, &delivery);
                     let rest = tokio::select! {
-                        p = permits.clone().acquire_many_owned(cfg.jobs as u32 - 1) => p.ok(),
+                        p = permits.clone().acquire_many_owned(cfg.jobs as u32 - 1) => p.ok().map(Some),
+                        _ = tokio::time::sleep(cfg.queue.ack_wait) => Some(None),
                         _ = stop.changed() => None,
                     };
                     pinger.abort();
                     match rest {
-                        Some(rest) => permit.merge(rest),
+                        Some(Some(rest)) => permit.merge(rest),
+                        Some(None) => {
+                            let _ = delivery.nak(Some(Duration::from_secs(1))).await;
+                            continue;
+                        }
                         None => {
                             let _ = delivery.nak(None).await;
                             break;
