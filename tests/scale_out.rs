@@ -228,7 +228,6 @@ fn three_workers_thirty_live_uploads_survive_a_kill_a_broker_restart_and_a_poiso
     let started = Instant::now();
     let deadline = started + Duration::from_secs(540);
     let (mut killed, mut broker_restarted, mut restarts) = (false, false, 0);
-    let auth = format!("Bearer {token}");
     while !client.is_finished() {
         assert!(
             Instant::now() < deadline,
@@ -260,15 +259,7 @@ fn three_workers_thirty_live_uploads_survive_a_kill_a_broker_restart_and_a_poiso
     for u in uploads {
         let file = u["file"].as_str().unwrap();
         let id = u["id"].as_str().unwrap();
-        let (st, _, v) = http(
-            &serve.base,
-            "GET",
-            &format!("/v1/recordings/{id}/verdict"),
-            &[("Authorization", &auth)],
-            b"",
-        );
-        assert_eq!(st, 200);
-        let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+        let v = serve.verdict(&token, id).expect("a final verdict");
         assert_eq!(
             &outcome_of_upload(u),
             &refs[file],
@@ -292,15 +283,8 @@ fn three_workers_thirty_live_uploads_survive_a_kill_a_broker_restart_and_a_poiso
     let t = Instant::now();
     let v = loop {
         restarts += parts.supervise(&mut workers);
-        let (st, _, body) = http(
-            &serve.base,
-            "GET",
-            &format!("/v1/recordings/{poison}/verdict"),
-            &[("Authorization", &auth)],
-            b"",
-        );
-        if st == 200 {
-            break serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        if let Some(v) = serve.verdict(&token, &poison) {
+            break v;
         }
         assert!(
             t.elapsed() < Duration::from_secs(120),

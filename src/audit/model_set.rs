@@ -29,6 +29,15 @@ pub struct AuditModels {
 }
 
 impl AuditModels {
+    /// [`Self::load`] from async code (a service or worker start-up), on a blocking thread.
+    pub async fn load_blocking(policy: &Policy, workers: usize) -> Result<Self, String> {
+        let policy = policy.clone();
+        tokio::task::spawn_blocking(move || Self::load(&policy, &ModelHome::locate(), workers))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     /// Loads the policy's models with one session per worker.
     pub fn load(policy: &Policy, home: &ModelHome, workers: usize) -> Result<Self, AuditError> {
         let opts = ModelOptions {

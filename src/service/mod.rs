@@ -430,16 +430,10 @@ pub async fn serve(
             outbox::start(state.clone(), queue);
         }
         None => {
-            let models = {
-                let policy = policy.clone();
-                let n = config.audit_workers.max(1) * config.model_workers.max(1);
-                tokio::task::spawn_blocking(move || {
-                    crate::audit::AuditModels::load(&policy, &crate::models::ModelHome::locate(), n)
-                })
+            let n = config.audit_workers.max(1) * config.model_workers.max(1);
+            let models = crate::audit::AuditModels::load_blocking(&policy, n)
                 .await
-                .map_err(|e| ServiceError::Models(e.to_string()))?
-                .map_err(|e| ServiceError::Models(e.to_string()))?
-            };
+                .map_err(ServiceError::Models)?;
             worker::start(state.clone(), Arc::new(models), policy);
         }
     }

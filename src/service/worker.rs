@@ -166,7 +166,7 @@ fn run_job(
     };
     let out_dir = state.config.data_dir.join("recordings").join(&id);
     let started = Instant::now();
-    let sha_of = || file_sha256(&path).unwrap_or_else(|_| "0".repeat(64));
+    let sha_of = || crate::app::scan::file_sha256(&path).unwrap_or_else(|_| "0".repeat(64));
     if let Some(done) = audit_stored(&env, &id, &out_dir, open, &sha_of)? {
         if done.newly_final {
             state.metrics.verdict(done.verdict.decision.as_str());
@@ -193,6 +193,15 @@ pub struct Finished {
     /// `false`: the recording already had its final verdict (a redelivered job): nothing was
     /// linked or sent twice.
     pub newly_final: bool,
+}
+
+/// An uploaded recording as the audit names it (its bytes come through an `open` function).
+pub fn upload_recording(id: &str) -> Recording {
+    Recording {
+        id: id.to_string(),
+        source: format!("upload:{id}"),
+        path: PathBuf::from(format!("upload-{id}.webm")),
+    }
 }
 
 /// The row's upload state as the reader sees it.
@@ -224,11 +233,7 @@ pub fn audit_stored(
     if row.verdict_key.is_some() || row.state == RecordingState::Terminated {
         return Ok(None);
     }
-    let rec = Recording {
-        id: id.clone(),
-        source: format!("upload:{id}"),
-        path: PathBuf::from(format!("upload-{id}.webm")),
-    };
+    let rec = upload_recording(&id);
     let templates = match &row.teacher_id {
         Some(t) => store.templates_for(t, models.face_embedder.id())?,
         None => Vec::new(),
@@ -362,12 +367,4 @@ pub fn commit_final(
         tracing::info!(recording = %id, "verdict was already final; nothing written twice");
         Ok(false)
     }
-}
-
-pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }

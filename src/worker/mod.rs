@@ -26,12 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::audit::{self, AuditModels};
-use crate::ingest::{IngestError, Recording};
+use crate::ingest::IngestError;
 use crate::policy::Policy;
 use crate::queue::{Delivery, JobQueue, QueueConfig, QueueError};
 use crate::service::files::End;
 use crate::service::outbox::JobMessage;
-use crate::service::worker::{audit_stored, commit_final, end_of, Heartbeat, JobEnv, JobError};
+use crate::service::worker::{
+    audit_stored, commit_final, end_of, upload_recording, Heartbeat, JobEnv, JobError,
+};
 use crate::storage::{AckedFn, Storage, StorageError};
 use crate::store::{Attempt, RecordingState, Store, StoreError};
 
@@ -126,19 +128,13 @@ pub async fn run_until(
         .await
         .map_err(|e| WorkerError::Models(e.to_string()))??;
     let queue = JobQueue::connect(&cfg.queue).await?;
-    let models = {
-        let policy = policy.clone();
-        // Sessions for at most one job per core: more would only add memory (each session holds
-        // its own arena), as a live upload's job mostly waits for bytes; the jobs share them.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let n = cfg.jobs.clamp(1, cores) * cfg.model_workers.max(1);
-        tokio::task::spawn_blocking(move || {
-            AuditModels::load(&policy, &crate::models::ModelHome::locate(), n)
-        })
+    // Sessions for at most one job per core: more would only add memory (each session holds its
+    // own arena), as a live upload's job mostly waits for bytes; the jobs share them.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sessions = cfg.jobs.clamp(1, cores) * cfg.model_workers.max(1);
+    let models = AuditModels::load_blocking(&policy, sessions)
         .await
-        .map_err(|e| WorkerError::Models(e.to_string()))?
-        .map_err(|e| WorkerError::Models(e.to_string()))?
-    };
+        .map_err(WorkerError::Models)?;
     let ctx = Arc::new(Context {
         store,
         storage,
@@ -458,11 +454,7 @@ fn dead_letter(ctx: &Context, job: &JobMessage, attempts: i64) -> Result<(), Job
     if row.verdict_key.is_some() || row.state == RecordingState::Terminated {
         return Ok(());
     }
-    let rec = Recording {
-        id: id.to_string(),
-        source: format!("upload:{id}"),
-        path: PathBuf::from(format!("upload-{id}.webm")),
-    };
+    let rec = upload_recording(id);
     let verdict = audit::error_verdict(
         &rec,
         row.teacher_id.as_deref(),

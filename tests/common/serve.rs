@@ -141,20 +141,24 @@ impl Serve {
         kib / 1024.0
     }
 
+    /// The final verdict of `id` if it has one yet.
+    pub fn verdict(&self, token: &str, id: &str) -> Option<serde_json::Value> {
+        let (st, _, v) = http(
+            &self.base,
+            "GET",
+            &format!("/v1/recordings/{id}/verdict"),
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        );
+        (st == 200).then(|| serde_json::from_str(&v).expect("verdict JSON"))
+    }
+
     /// Waits for the final verdict of `id` (polling the API), as JSON.
     pub fn wait_verdict(&self, token: &str, id: &str, timeout: Duration) -> serde_json::Value {
-        let auth = format!("Bearer {token}");
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let (st, _, v) = http(
-                &self.base,
-                "GET",
-                &format!("/v1/recordings/{id}/verdict"),
-                &[("Authorization", &auth)],
-                b"",
-            );
-            if st == 200 {
-                return serde_json::from_str(&v).expect("verdict JSON");
+            if let Some(v) = self.verdict(token, id) {
+                return v;
             }
             assert!(std::time::Instant::now() < deadline, "no verdict for {id}");
             std::thread::sleep(Duration::from_millis(300));
