@@ -13,6 +13,8 @@
 //!   CG_BENCH_NO_BUILD   set to skip `cargo build --release --bin classguard`
 //!
 //! Rows are a plain list (`rows()`): adding one is one `Row { .. }` line with its argv.
+//! `python-baseline` installs what it needs first (benches/baseline/setup.sh: ffmpeg from apt, a
+//! venv with onnxruntime from PyPI), untimed, or prints as skipped when it cannot.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -23,6 +25,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Instant;
 
 use classguard::demux::{demux_reader, DemuxLimits, Event, TrackKind};
+use classguard::models::ModelHome;
 
 /// What a row's argv can refer to.
 struct Ctx<'a> {
@@ -62,8 +65,17 @@ fn rows() -> Vec<Row> {
         Row { name: "naive", on: ALL, argv: |c| one_core(scan_with(c, Some("pipelines/naive.toml"), &["--workers", "1"])?) },
         Row { name: "scan-default", on: ALL, argv: |c| scan(c, None) },
         Row { name: "scan-face-nudity-vad", on: ALL, argv: |c| scan(c, Some("pipelines/bench-face-nudity-vad.toml")) },
+        // What a user would script instead of row 4: ffmpeg at 1 frame/s, YuNet + open_nsfw on
+        // every frame and Silero VAD over the audio with onnxruntime from PyPI, same model files
+        // (benches/baseline/). Camera only: on the whiteboard row 4 runs OCR, which it does not.
+        Row { name: PY_BASELINE, on: CAMERA, argv: python_baseline },
     ]
 }
+
+/// The Python script doing row 4's work, and the speed-up row 4 must reach over it (wall time).
+const PY_BASELINE: &str = "python-baseline";
+const PY_COMPARED: &str = "scan-face-nudity-vad";
+const PY_TARGET: f64 = 4.0;
 
 /// The reference every ratio is taken against.
 const BASELINE: &str = "plain-decode";
@@ -112,6 +124,47 @@ fn one_core(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut v: Vec<OsString> = vec!["taskset".into(), "--cpu-list".into(), "0".into()];
     v.extend(argv);
     Ok(v)
+}
+
+/// `benches/baseline/pipeline.py` in the venv that `benches/baseline/setup.sh` makes (it also
+/// installs ffmpeg), on the model files the classguard rows use.
+fn python_baseline(c: &Ctx) -> Result<Vec<OsString>, String> {
+    let home = ModelHome::locate();
+    for f in [home.yunet(), home.open_nsfw(), home.silero_vad()] {
+        if !f.is_file() {
+            return Err(format!("{} is missing (run scripts/setup)", f.display()));
+        }
+    }
+    let dir = c.root.join("benches/baseline");
+    let out = Command::new("bash")
+        .arg(dir.join("setup.sh"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run benches/baseline/setup.sh: {e}"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprint!("{err}");
+    if !out.status.success() {
+        let why = err.lines().rev().find(|l| !l.trim().is_empty());
+        return Err(why
+            .unwrap_or("benches/baseline/setup.sh failed")
+            .to_string());
+    }
+    let python = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next_back()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or("benches/baseline/setup.sh printed no python path")?;
+    Ok(vec![
+        python.into(),
+        dir.join("pipeline.py").into(),
+        c.input.path.clone().into(),
+        "--models".into(),
+        home.models_dir().into(),
+        "--out".into(),
+        c.out.into(),
+    ])
 }
 
 /// GStreamer decode of every video frame (and every Opus packet, when there is audio), nothing
@@ -332,6 +385,27 @@ fn read_counts(out: &Path, verdict: Option<&serde_json::Value>) -> (Option<u64>,
     (decoded, slices)
 }
 
+/// What the Python baseline found and where its time went, from its baseline.json.
+fn describe_baseline(b: &serde_json::Value) -> Option<String> {
+    let t = &b["seconds"];
+    Some(format!(
+        "frames {}, frames with a face {} (at most {} in one), open_nsfw max {} (frames >= threshold: {}), speech {} s in {} segments of {} s of audio; its own clock: load {} s, audio decode + VAD {} s, video {} s (YuNet {} s, open_nsfw {} s)",
+        b["frames"].as_u64()?,
+        b["frames_with_face"],
+        b["max_faces_in_frame"],
+        b["nsfw_max"],
+        b["nsfw_frames_over_threshold"],
+        b["speech_s"],
+        b["speech_segments"],
+        b["audio_s"],
+        t["load"],
+        t["audio_decode_and_vad"],
+        t["video"],
+        t["face"],
+        t["nsfw"],
+    ))
+}
+
 /// "model calls: ...; stages: ..." from a scan's verdict.json stats.
 fn describe_stats(verdict: &serde_json::Value) -> Option<String> {
     let stats = &verdict["stats"];
@@ -415,7 +489,10 @@ fn run_row(row: &Row, ctx_base: &CtxBase, input: &Input, repeat: usize) -> Outco
             return Outcome::Failed(format!("{status}: {}", tail.join(" | ")));
         }
         let verdict = read_json(&out, "verdict.json");
+        let baseline = read_json(&out, "baseline.json");
         let (decoded, slices) = read_counts(&out, verdict.as_ref());
+        // The Python baseline's sampled frames are its slices.
+        let slices = slices.or_else(|| baseline.as_ref().and_then(|b| b["frames"].as_u64()));
         let frames = decoded
             .or((row.name == BASELINE)
                 .then_some(input.decoded_frames.unwrap_or(input.video_frames)));
@@ -427,7 +504,10 @@ fn run_row(row: &Row, ctx_base: &CtxBase, input: &Input, repeat: usize) -> Outco
             frames,
             slices,
             load_before,
-            details: verdict.as_ref().and_then(describe_stats),
+            details: verdict
+                .as_ref()
+                .and_then(describe_stats)
+                .or_else(|| baseline.as_ref().and_then(describe_baseline)),
         };
         if best.as_ref().is_none_or(|b| m.wall_s < b.wall_s) {
             best = Some(m);
@@ -495,6 +575,16 @@ fn print_table(input: &Input, results: &[(&'static str, Outcome)]) {
             Outcome::Failed(why) => println!("| {name} | FAILED: {why} ||||||||||"),
         }
     }
+    let ran = |name: &str| {
+        results.iter().find_map(|(n, o)| match o {
+            Outcome::Ran(m) if *n == name => Some(m),
+            _ => None,
+        })
+    };
+    if let (Some(py), Some(cg)) = (ran(PY_BASELINE), ran(PY_COMPARED)) {
+        println!();
+        println!("{}", python_speedup(py, cg));
+    }
     let details: Vec<String> = results
         .iter()
         .filter_map(|(name, o)| match o {
@@ -504,12 +594,28 @@ fn print_table(input: &Input, results: &[(&'static str, Outcome)]) {
         .collect();
     if !details.is_empty() {
         println!();
-        println!("Per row, from its verdict.json:");
+        println!("Per row, from its verdict.json ({PY_BASELINE}: its baseline.json):");
         println!();
         for d in details {
             println!("{d}");
         }
     }
+}
+
+/// "`scan-face-nudity-vad` vs `python-baseline`: ..." with the wall and CPU ratios.
+fn python_speedup(py: &Measured, cg: &Measured) -> String {
+    let r = py.wall_s / cg.wall_s;
+    format!(
+        "`{PY_COMPARED}` vs `{PY_BASELINE}`: {r:.2}x faster in wall time ({:.2} s vs {:.2} s), {:.2}x less CPU ({:.2} vs {:.2} CPU-s), peak RSS {:.0} vs {:.0} MB (target >= {PY_TARGET:.0}x faster): {}",
+        cg.wall_s,
+        py.wall_s,
+        py.cpu_s / cg.cpu_s,
+        cg.cpu_s,
+        py.cpu_s,
+        cg.max_rss_mb,
+        py.max_rss_mb,
+        if r >= PY_TARGET { "met" } else { "NOT met" }
+    )
 }
 
 fn env_list(name: &str) -> Option<Vec<String>> {
@@ -678,6 +784,13 @@ fn main() {
             check(
                 format!("scan-face-nudity-vad, {kind} {d} s: {x:.1}x realtime (target >= 13x)"),
                 x >= 13.0,
+            );
+        }
+        if let (Some(py), Some(cg)) = (by_row.get(PY_BASELINE), by_row.get(PY_COMPARED)) {
+            let r = py.wall_s / cg.wall_s;
+            check(
+                format!("{PY_BASELINE} / {PY_COMPARED} wall, {kind} {d} s: {r:.2}x (target >= {PY_TARGET:.0}x)"),
+                r >= PY_TARGET,
             );
         }
         if let Some(m) = by_row.get("scan-default") {

@@ -54,11 +54,13 @@ def model_dir():
 
 
 def session(path, threads):
-    # threads = 0 keeps onnxruntime's default: one intra-op thread per physical core (2 here),
-    # which is what a user who does not tune anything gets. ClassGuard's bench policy gives each
-    # of its sessions 1 thread but runs decoding, camera models and the VAD side by side on the
-    # 2 cores; this script runs one model at a time, so the default lets each run use both cores
-    # (ffmpeg decodes the next frames meanwhile). --threads 1 is there to compare.
+    # One intra-op thread per session (--threads 1, the default here), the setting ClassGuard's
+    # bench policy gives each of its sessions. onnxruntime's own default (--threads 0: one
+    # thread per physical core, 2 here, spin-waiting between operators) was slower on the
+    # 2-core bench machine: its threads compete with ffmpeg's decoder threads, which decode the
+    # next frames meanwhile, and with everything else on the machine. On the 2-minute camera
+    # file it took 23-33 s wall and 17 CPU-s against 10-14 s and 8.5 CPU-s with 1 thread, so 1
+    # thread is the faster, fairer baseline (docs/benchmarks.md).
     so = ort.SessionOptions()
     if threads > 0:
         so.intra_op_num_threads = threads
@@ -236,8 +238,8 @@ def main():
     ap.add_argument("recording")
     ap.add_argument("--models", default=model_dir(), help="model folder (default: %(default)s)")
     ap.add_argument("--out", help="also write the summary to OUT/baseline.json")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="intra-op threads per session (0 = onnxruntime default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads per session (0 = onnxruntime's default; default: 1)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
