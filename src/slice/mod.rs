@@ -157,6 +157,11 @@ pub struct SliceOptions {
     pub stall_timeout: Duration,
     /// Capacity of the output channel (slices and audio chunks).
     pub channel_capacity: usize,
+    /// Where decoded microphone audio goes instead of the output channel: the speech stage's own
+    /// channel, so audio keeps flowing while the slice consumer waits for its models (one shared
+    /// channel made the speech stage idle whenever the models were busy). Closed when slicing
+    /// ends.
+    pub audio_sink: Option<Sender<AudioChunk>>,
     /// Test only ([`crate::fault`]): the video decoders fail on their first frame.
     pub fault_decoder: bool,
 }
@@ -174,6 +179,7 @@ impl Default for SliceOptions {
             decoder_threads: 2,
             stall_timeout: Duration::from_secs(15),
             channel_capacity: 8,
+            audio_sink: None,
             fault_decoder: false,
         }
     }
@@ -729,16 +735,24 @@ impl Run {
         let (decoder, puller) = if self.opts.decode_audio {
             let (decoder, output) = audio::AudioDecoder::new(track)?;
             let tx = self.tx.clone();
+            let mut own_sink = self.opts.audio_sink.clone();
             let cancel = self.cancel.clone();
             let stall = self.opts.stall_timeout;
             let handle = std::thread::Builder::new()
                 .name("audio".into())
                 .spawn(move || {
                     let t0 = Instant::now();
+                    let direct = own_sink.is_some();
                     output.run(stall, |chunk| {
-                        if !cancel.load(Ordering::Relaxed)
-                            && tx.send(SliceOutput::Audio(chunk)).is_err()
-                        {
+                        if cancel.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if direct {
+                            // The speech stage is gone (it reports why): video goes on.
+                            if own_sink.as_ref().is_some_and(|s| s.send(chunk).is_err()) {
+                                own_sink = None;
+                            }
+                        } else if tx.send(SliceOutput::Audio(chunk)).is_err() {
                             cancel.store(true, Ordering::Release);
                         }
                     })?;
