@@ -327,13 +327,13 @@ fn upload_fixtures(s3: &S3, prefix: &str, rels: &[&str]) -> BTreeMap<String, Str
 fn stricter_policy(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(common::root().join("pipelines/classroom.toml")).unwrap();
     let new = text
-        .replace("version = \"1.0.0\"", "version = \"1.1.0\"")
+        .replace("version = \"1.1.0\"", "version = \"1.2.0\"")
         .replace(
             "contact_info = { action = \"review\"",
             "contact_info = { action = \"block\"",
         );
     assert!(
-        new.contains("version = \"1.1.0\"") && new.contains("contact_info = { action = \"block\""),
+        new.contains("version = \"1.2.0\"") && new.contains("contact_info = { action = \"block\""),
         "policy text changed: update this test"
     );
     let p = dir.join("stricter.toml");
@@ -427,7 +427,7 @@ fn a_bucket_is_scanned_rescanned_without_reading_media_and_reaudited_after_a_pol
         "{plan_text}"
     );
     assert!(
-        plan_text.contains("policy changed (classroom 1.0.0 -> classroom 1.1.0)"),
+        plan_text.contains("policy changed (classroom 1.1.0 -> classroom 1.2.0)"),
         "{plan_text}"
     );
     assert_eq!(s3.proxy.media_gets("/media/in/").len(), 0);
@@ -476,7 +476,7 @@ fn a_bucket_is_scanned_rescanned_without_reading_media_and_reaudited_after_a_pol
     );
     assert_eq!(
         v2["s3://media/in/camera-speech-contact.webm"]["policy"]["version"],
-        "1.1.0"
+        "1.2.0"
     );
 
     // `classguard diff` over the two folders says the same.

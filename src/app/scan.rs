@@ -846,9 +846,11 @@ fn scan_one(input: &Input, session: String, ctx: &Ctx<'_>) -> Done {
             uses.iter().map(|m| m.sha256.as_str()),
         )
     };
-    // The content hash: a local file is hashed first (cheap); an object's comes from the store
-    // when this version was read before, else from reading it for the audit.
+    // The content hash, when a published verdict needs it to tell whether it is current: a
+    // local file is hashed first; an object's comes from the store when this version was read
+    // before. Otherwise the audit hashes the bytes as it reads them, so they are read once.
     let known_sha = match &input.object {
+        None if ctx.out.read_verdict(&rec.id).is_none() => None,
         None => match file_sha256(&rec.path) {
             Ok(s) => Some(s),
             Err(e) => return fail(done, format!("{}: {e}", rec.path.display())),
@@ -975,7 +977,11 @@ fn scan_one(input: &Input, session: String, ctx: &Ctx<'_>) -> Done {
                 }
             }
         }
-        _ => known_sha.unwrap_or_default(),
+        _ => match (known_sha, &outcome) {
+            (Some(sha), _) => sha,
+            (None, Ok(o)) => o.verdict.recording.sha256.clone(),
+            (None, Err(_)) => file_sha256(&rec.path).unwrap_or_default(),
+        },
     };
     let (verdict, evidence) = match outcome {
         Ok(outcome) => (outcome.verdict, outcome.evidence),

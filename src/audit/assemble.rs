@@ -202,6 +202,11 @@ impl Assembly<'_> {
                 speech.skipped_audio_ms / 30_000,
             );
         }
+        let undecoded: u64 = report.tracks.iter().map(|t| t.gap_frames_dropped).sum();
+        if undecoded > 0 {
+            // Inter frames of unchanged gaps (`decode = "adaptive"`): never decoded.
+            gate_savings.insert("unchanged_gap_frames".into(), undecoded);
+        }
         stats.model_calls = model_calls;
         stats.gate_savings = gate_savings;
         stats

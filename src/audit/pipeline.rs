@@ -7,6 +7,8 @@
 //!    │                          │    └─ release in order ◀───┘ Done
 //!    └──AudioChunk(32)──▶ speech thread (VAD → Whisper on speech → text policy)
 //! ```
+//! Audio has its own channel from the slicer's audio thread: a dispatcher waiting for its model
+//! workers does not hold the speech thread up.
 //! The dispatcher admits at most `2N` slices, so a slow model applies back-pressure through
 //! the slicer to the reader. Every way out of [`Pipeline::run`] goes through the same teardown:
 //! the channels are dropped in order (jobs, audio, slices), then the slicer and the speech
@@ -92,7 +94,12 @@ impl<'a> Pipeline<'a> {
         ev_visual: &mut EvidenceSink,
         ev_speech: &mut EvidenceSink,
     ) -> StageResults<'a> {
-        let (slice_rx, slicer) = slice::start(reader, &self.file_name, self.slice_options.clone());
+        let (audio_tx, audio_rx) = bounded::<slice::AudioChunk>(AUDIO_CHANNEL);
+        let slice_options = SliceOptions {
+            audio_sink: Some(audio_tx),
+            ..self.slice_options.clone()
+        };
+        let (slice_rx, slicer) = slice::start(reader, &self.file_name, slice_options);
         let workers = self.workers.max(1);
         let worker_ctx = WorkerContext {
             models: self.models,
@@ -109,7 +116,6 @@ impl<'a> Pipeline<'a> {
         let mut failures = Incomplete::default();
         let (models, policy, fault) = (self.models, self.policy, self.fault);
         let speech = std::thread::scope(|scope| {
-            let (audio_tx, audio_rx) = bounded::<slice::AudioChunk>(AUDIO_CHANNEL);
             let speech_fault = fault == Some(Fault::SpeechPanic);
             // Named threads: profiles and `top -H` show which stage burns the CPU.
             let speech = std::thread::Builder::new()
@@ -136,7 +142,6 @@ impl<'a> Pipeline<'a> {
             drop((job_rx, done_tx));
             let flow = Flow {
                 slice_rx,
-                audio_tx: Some(audio_tx),
                 job_tx,
                 done_rx,
                 max_in_flight: workers * 2,
@@ -174,7 +179,6 @@ impl<'a> Pipeline<'a> {
 /// whichever way it ends.
 struct Flow {
     slice_rx: Receiver<SliceOutput>,
-    audio_tx: Option<crossbeam_channel::Sender<slice::AudioChunk>>,
     job_tx: crossbeam_channel::Sender<Job>,
     done_rx: Receiver<Done>,
     max_in_flight: usize,
@@ -182,7 +186,7 @@ struct Flow {
 
 impl Flow {
     fn run(
-        mut self,
+        self,
         dispatcher: &mut Dispatcher<'_>,
         failures: &mut Incomplete,
         ctx: &FindingContext<'_>,
@@ -218,18 +222,9 @@ impl Flow {
                                 }
                             }
                         }
-                        Ok(SliceOutput::Audio(chunk)) => {
-                            if let Some(tx) = &self.audio_tx {
-                                if tx.send(chunk).is_err() {
-                                    self.audio_tx = None;
-                                }
-                            }
-                        }
-                        Ok(SliceOutput::Header(_)) => {}
-                        Err(_) => {
-                            slices_open = false;
-                            self.audio_tx = None;
-                        }
+                        // Audio goes from the slicer to the speech thread on its own channel.
+                        Ok(SliceOutput::Audio(_) | SliceOutput::Header(_)) => {}
+                        Err(_) => slices_open = false,
                     },
                     recv(done_or_never) -> msg => match msg {
                         Ok(d) => {

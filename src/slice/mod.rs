@@ -13,6 +13,7 @@
 
 pub mod audio;
 pub mod frame;
+pub mod gap;
 mod gst_pipeline;
 pub mod sampler;
 pub mod sampling;
@@ -156,6 +157,11 @@ pub struct SliceOptions {
     pub stall_timeout: Duration,
     /// Capacity of the output channel (slices and audio chunks).
     pub channel_capacity: usize,
+    /// Where decoded microphone audio goes instead of the output channel: the speech stage's own
+    /// channel, so audio keeps flowing while the slice consumer waits for its models (one shared
+    /// channel made the speech stage idle whenever the models were busy). Closed when slicing
+    /// ends.
+    pub audio_sink: Option<Sender<AudioChunk>>,
     /// Test only ([`crate::fault`]): the video decoders fail on their first frame.
     pub fault_decoder: bool,
 }
@@ -173,6 +179,7 @@ impl Default for SliceOptions {
             decoder_threads: 2,
             stall_timeout: Duration::from_secs(15),
             channel_capacity: 8,
+            audio_sink: None,
             fault_decoder: false,
         }
     }
@@ -193,6 +200,9 @@ pub struct TrackReport {
     pub keyframes: u64,
     pub decoded: u64,
     pub sampled: u64,
+    /// Inter frames not decoded because the picture did not change across their gap
+    /// (`decode = "adaptive"`, see [`gap`]).
+    pub gap_frames_dropped: u64,
     pub first_ms: Option<i64>,
     pub last_ms: Option<i64>,
     pub error: Option<String>,
@@ -260,12 +270,51 @@ struct VideoRoute {
     puller: Option<JoinHandle<PullerResult>>,
     keyframes: Arc<Mutex<BTreeSet<i64>>>,
     keyframes_only: bool,
+    /// Keyframe-plus-gap decoding (`decode = "adaptive"` on VP8/VP9).
+    gap: Option<gap::GapGate<ProbeOf>>,
+    /// Frames the gap gate released, reused between calls.
+    to_decode: Vec<crate::demux::Frame>,
     failed: Option<String>,
     codec: Codec,
     /// Frames refused from their keyframe header as larger than `max_frame_pixels`: never decoded.
     oversize: Skipped,
     /// Inside a run of oversized frames (from an oversized keyframe to the next one in bounds).
     skipping: bool,
+}
+
+impl VideoRoute {
+    /// Feeds `frames` (drained) to the decoder, noting keyframes for the puller.
+    fn decode(&mut self, frames: &mut Vec<crate::demux::Frame>) {
+        for frame in frames.drain(..) {
+            if self.failed.is_some() {
+                continue;
+            }
+            if frame.keyframe {
+                self.keyframes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(frame.pts_ms());
+            }
+            if let Err(e) = self.decoder.push(&frame) {
+                self.failed = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// The gap gate's view of a track's keyframe probe.
+struct ProbeOf {
+    probe: video::KeyframeProbe,
+    timeout: Duration,
+}
+
+impl gap::KeyProbe for ProbeOf {
+    fn thumbnail(
+        &mut self,
+        keyframe: &crate::demux::Frame,
+    ) -> Result<[u8; frame::THUMB * frame::THUMB], SliceError> {
+        self.probe.thumbnail(keyframe, self.timeout)
+    }
 }
 
 /// Frames a limit kept from the models: how many, and the recording time they span.
@@ -519,6 +568,7 @@ impl Run {
                 keyframes: 0,
                 decoded: 0,
                 sampled: 0,
+                gap_frames_dropped: 0,
                 first_ms: None,
                 last_ms: None,
                 error: None,
@@ -557,15 +607,34 @@ impl Run {
 
     fn video_route(&self, track: &TrackInfo) -> Result<VideoRoute, SliceError> {
         let (decoder, output) = video::VideoDecoder::new(track, self.opts.decoder_threads)?;
-        let (mut sampler, max_side, mode) = match self.role {
+        let (mut sampler, max_side, mode, rule) = match self.role {
             Role::Desktop => {
                 let c = &self.opts.sampling.desktop;
-                (sampler::Sampler::desktop(c), c.max_side, c.decode)
+                (
+                    sampler::Sampler::desktop(c),
+                    c.max_side,
+                    c.decode,
+                    c.gap_rule(),
+                )
             }
             _ => {
                 let c = &self.opts.sampling.camera;
-                (sampler::Sampler::camera(c), c.max_side, c.decode)
+                (
+                    sampler::Sampler::camera(c),
+                    c.max_side,
+                    c.decode,
+                    c.gap_rule(),
+                )
             }
+        };
+        let gap = if mode == DecodeMode::Adaptive && video::KeyframeProbe::supports(&track.codec) {
+            let probe = ProbeOf {
+                probe: video::KeyframeProbe::new(track)?,
+                timeout: self.opts.stall_timeout,
+            };
+            Some(gap::GapGate::new(probe, rule))
+        } else {
+            None
         };
         let keyframes = Arc::new(Mutex::new(BTreeSet::new()));
         let keys = keyframes.clone();
@@ -649,6 +718,8 @@ impl Run {
             puller: Some(puller),
             keyframes,
             keyframes_only: mode == DecodeMode::Keyframes,
+            gap,
+            to_decode: Vec::new(),
             failed: None,
             codec: track.codec.clone(),
             oversize: Skipped::default(),
@@ -664,16 +735,24 @@ impl Run {
         let (decoder, puller) = if self.opts.decode_audio {
             let (decoder, output) = audio::AudioDecoder::new(track)?;
             let tx = self.tx.clone();
+            let mut own_sink = self.opts.audio_sink.clone();
             let cancel = self.cancel.clone();
             let stall = self.opts.stall_timeout;
             let handle = std::thread::Builder::new()
                 .name("audio".into())
                 .spawn(move || {
                     let t0 = Instant::now();
+                    let direct = own_sink.is_some();
                     output.run(stall, |chunk| {
-                        if !cancel.load(Ordering::Relaxed)
-                            && tx.send(SliceOutput::Audio(chunk)).is_err()
-                        {
+                        if cancel.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if direct {
+                            // The speech stage is gone (it reports why): video goes on.
+                            if own_sink.as_ref().is_some_and(|s| s.send(chunk).is_err()) {
+                                own_sink = None;
+                            }
+                        } else if tx.send(SliceOutput::Audio(chunk)).is_err() {
                             cancel.store(true, Ordering::Release);
                         }
                     })?;
@@ -743,15 +822,14 @@ impl Run {
             if route.keyframes_only && !frame.keyframe {
                 return;
             }
-            if frame.keyframe {
-                route
-                    .keyframes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(pts);
-            }
-            if let Err(e) = route.decoder.push(&frame) {
-                route.failed = Some(e.to_string());
+            match &mut route.gap {
+                Some(gate) => {
+                    let mut out = std::mem::take(&mut route.to_decode);
+                    gate.push(frame, &mut out);
+                    route.decode(&mut out);
+                    route.to_decode = out;
+                }
+                None => route.decode(&mut vec![frame]),
             }
             return;
         }
@@ -792,7 +870,14 @@ impl Run {
 
     /// Ends every decoder, waits for the pullers and fills in the reports.
     fn close(&mut self, stages: &mut StageTimes) -> Result<Option<ExtractedAudio>, SliceError> {
-        for (_, v) in &self.videos {
+        for (_, v) in &mut self.videos {
+            if let Some(gate) = &mut v.gap {
+                let mut out = Vec::new();
+                gate.finish(&mut out);
+                if v.failed.is_none() && !v.skipping {
+                    v.decode(&mut out);
+                }
+            }
             v.decoder.end();
         }
         if let Some((_, a)) = &self.audio {
@@ -812,6 +897,8 @@ impl Run {
                     report.sizes_seen = r.sizes;
                     report.decoded = r.decoded;
                     report.sampled = r.sampled;
+                    report.gap_frames_dropped =
+                        v.gap.as_ref().map_or(0, |g| g.stats().frames_dropped);
                     stages.video_ms += r.busy_ms;
                     report.error = r.error.or(v.failed.take());
                     let mut big = v.oversize.clone();

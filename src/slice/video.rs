@@ -15,7 +15,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
-use super::frame::I420;
+use super::frame::{I420, THUMB};
 use super::gst_pipeline::{init, make_element, BusState, OwnedPipeline};
 use super::SliceError;
 use crate::demux::{Codec, Frame, TrackInfo};
@@ -214,35 +214,9 @@ impl VideoOutput {
                 .try_pull_sample(gst::ClockTime::from_mseconds(100))
             {
                 last_progress = Instant::now();
-                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
-                    continue;
-                };
-                let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| {
-                    SliceError::Decode(format!("decoder produced unusable caps: {e}"))
+                with_planes(&sample, |pts_ms, planes| {
+                    on_frame(Decoded { pts_ms, planes })
                 })?;
-                let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
-                    .map_err(|_| SliceError::Decode("cannot map decoded frame".into()))?;
-                let pts_ms = buffer
-                    .pts()
-                    .map(|t| (t.nseconds() / 1_000_000) as i64)
-                    .unwrap_or(0);
-                let strides = frame.plane_stride();
-                let planes = I420 {
-                    width: frame.width(),
-                    height: frame.height(),
-                    y: frame
-                        .plane_data(0)
-                        .map_err(|e| SliceError::Decode(e.to_string()))?,
-                    u: frame
-                        .plane_data(1)
-                        .map_err(|e| SliceError::Decode(e.to_string()))?,
-                    v: frame
-                        .plane_data(2)
-                        .map_err(|e| SliceError::Decode(e.to_string()))?,
-                    y_stride: strides[0] as usize,
-                    uv_stride: strides[1] as usize,
-                };
-                on_frame(Decoded { pts_ms, planes });
                 continue;
             }
             match self.pipeline.poll_bus() {
@@ -266,6 +240,94 @@ impl VideoOutput {
                 return Err(SliceError::Decode(format!(
                     "decoder made no progress for {}s",
                     stall_timeout.as_secs()
+                )));
+            }
+        }
+    }
+}
+
+/// Maps a decoded sample's I420 planes for `f` (with the frame's time in ms); `None` for a sample
+/// without a buffer or caps.
+fn with_planes<T>(
+    sample: &gst::Sample,
+    f: impl FnOnce(i64, I420<'_>) -> T,
+) -> Result<Option<T>, SliceError> {
+    let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
+        return Ok(None);
+    };
+    let info = gst_video::VideoInfo::from_caps(caps)
+        .map_err(|e| SliceError::Decode(format!("decoder produced unusable caps: {e}")))?;
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+        .map_err(|_| SliceError::Decode("cannot map decoded frame".into()))?;
+    let pts_ms = buffer
+        .pts()
+        .map(|t| (t.nseconds() / 1_000_000) as i64)
+        .unwrap_or(0);
+    let strides = frame.plane_stride();
+    let plane = |i| {
+        frame
+            .plane_data(i)
+            .map_err(|e| SliceError::Decode(e.to_string()))
+    };
+    let planes = I420 {
+        width: frame.width(),
+        height: frame.height(),
+        y: plane(0)?,
+        u: plane(1)?,
+        v: plane(2)?,
+        y_stride: strides[0] as usize,
+        uv_stride: strides[1] as usize,
+    };
+    Ok(Some(f(pts_ms, planes)))
+}
+
+/// A second decoder of a track that sees its keyframes alone, used synchronously by the demux
+/// thread: it tells what a keyframe looks like before the track's own decoder is fed the inter
+/// frames in front of it (see [`super::gap`]). Only for codecs whose decoder returns a keyframe
+/// at once, without waiting for later frames (VP8, VP9).
+pub struct KeyframeProbe {
+    decoder: VideoDecoder,
+    output: VideoOutput,
+}
+
+impl KeyframeProbe {
+    pub fn supports(codec: &Codec) -> bool {
+        matches!(codec, Codec::Vp8 | Codec::Vp9)
+    }
+
+    pub fn new(track: &TrackInfo) -> Result<Self, SliceError> {
+        let (decoder, output) = VideoDecoder::new(track, 1)?;
+        Ok(Self { decoder, output })
+    }
+
+    /// Decodes one keyframe and returns its scene-change thumbnail.
+    pub fn thumbnail(
+        &self,
+        keyframe: &Frame,
+        timeout: Duration,
+    ) -> Result<[u8; THUMB * THUMB], SliceError> {
+        self.decoder.push(keyframe)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(sample) = self
+                .output
+                .sink
+                .try_pull_sample(gst::ClockTime::from_mseconds(50))
+            {
+                if let Some(t) = with_planes(&sample, |_, planes| planes.thumbnail())? {
+                    return Ok(t);
+                }
+                continue;
+            }
+            match self.output.pipeline.poll_bus() {
+                BusState::Error(e) => return Err(SliceError::Decode(e)),
+                BusState::Eos => return Err(SliceError::Decode("keyframe probe ended".into())),
+                BusState::Running => {}
+            }
+            if Instant::now() > deadline {
+                return Err(SliceError::Decode(format!(
+                    "keyframe probe returned nothing in {} s",
+                    timeout.as_secs()
                 )));
             }
         }
