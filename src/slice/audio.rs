@@ -81,9 +81,10 @@ impl AudioDecoder {
             .as_ref()
             .map(|a| (a.sample_rate as i32, a.channels as i32))
             .unwrap_or((48000, 1));
-        // Opus decodes natively at 16 kHz: asking opusdec for the model rate lets libopus skip
-        // the 48 kHz synthesis and the resampler the 3:1 conversion (10 minutes of the bench's
-        // camera audio: 3.09 -> 2.74 CPU-s). Vorbis decodes at its stream rate and is resampled.
+        // Opus: FFmpeg's decoder (gstreamer1.0-libav) then the resampler to 16 kHz took 1.11
+        // CPU-s for the 10 minutes of the bench's camera audio, where libopus (opusdec) took 2.87
+        // even when asked for 16 kHz itself; opusdec is the fallback. Vorbis decodes at its
+        // stream rate and is resampled.
         let mut decoded_caps = None;
         let (caps, decoder) = match track.codec {
             Codec::Opus => {
@@ -100,15 +101,16 @@ impl AudioDecoder {
                     .field("channel-mapping-family", 0i32)
                     .field("streamheader", headers)
                     .build();
-                decoded_caps = Some(
-                    gst::Caps::builder("audio/x-raw")
-                        .field("rate", MODEL_RATE as i32)
-                        .build(),
-                );
-                (
-                    caps,
-                    make_element(&["opusdec"], "gstreamer1.0-plugins-base")?,
-                )
+                let decoder = make_element(&["avdec_opus", "opusdec"], "gstreamer1.0-libav")?;
+                if decoder.factory().is_some_and(|f| f.name() == "opusdec") {
+                    // libopus synthesises the model rate itself, with no resampler pass.
+                    decoded_caps = Some(
+                        gst::Caps::builder("audio/x-raw")
+                            .field("rate", MODEL_RATE as i32)
+                            .build(),
+                    );
+                }
+                (caps, decoder)
             }
             Codec::Vorbis => {
                 let parts = split_xiph_headers(&track.codec_private).ok_or_else(|| {
