@@ -59,8 +59,8 @@ def session(path, threads):
     # thread per physical core, 2 here, spin-waiting between operators) was slower on the
     # 2-core bench machine: its threads compete with ffmpeg's decoder threads, which decode the
     # next frames meanwhile, and with everything else on the machine. On the 2-minute camera
-    # file it took 23-33 s wall and 17 CPU-s against 10-14 s and 8.5 CPU-s with 1 thread, so 1
-    # thread is the faster, fairer baseline (docs/benchmarks.md).
+    # file, in interleaved runs, it took 18-33 s wall and 15-17 CPU-s against 7-14 s and 7-8.5
+    # CPU-s with 1 thread, so 1 thread is the faster, fairer baseline (docs/benchmarks.md).
     so = ort.SessionOptions()
     if threads > 0:
         so.intra_op_num_threads = threads
