@@ -11,6 +11,8 @@
 //!   CG_BENCH_VERIFY_FRAMES=0  skip the untimed pass that counts the plain decoder's output frames
 //!   CG_BENCH_REPEAT     runs per row, the fastest (by wall time) is reported (default 1)
 //!   CG_BENCH_NO_BUILD   set to skip `cargo build --release --bin classguard`
+//!   CLASSGUARD_BASELINE_VENV  the python-baseline row's venv (default
+//!                       ~/.cache/classguard-tools/baseline-venv)
 //!
 //! Rows are a plain list (`rows()`): adding one is one `Row { .. }` line with its argv.
 //! `python-baseline` installs what it needs first (benches/baseline/setup.sh: ffmpeg from apt, a
