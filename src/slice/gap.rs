@@ -211,7 +211,7 @@ impl<P: KeyProbe> GapGate<P> {
             self.sizes[self.next_size] = size;
         }
         self.next_size = (self.next_size + 1) % SIZE_HISTORY;
-        if self.sizes.len() >= 16 && (self.next_size % 16 == 0 || self.typical.is_none()) {
+        if self.sizes.len() >= 16 && (self.next_size.is_multiple_of(16) || self.typical.is_none()) {
             let mut sorted = self.sizes.clone();
             sorted.sort_unstable();
             self.typical = Some(sorted[sorted.len() / 2]);
