@@ -33,7 +33,7 @@ mod common;
 
 use common::env_or;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,16 +48,6 @@ fn http(
     let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (status, _, body) = serve::http(&format!("http://{addr}"), method, path, &h, body);
     (status, body)
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 struct Killed(Child);
@@ -180,7 +170,10 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
         }
     }
     let wall_s = started.elapsed().as_secs_f64();
-    let worker_rss_mb = pool.iter().map(|(w, _)| peak_rss_mb(w.0.id())).collect();
+    let worker_rss_mb = pool
+        .iter()
+        .map(|(w, _)| common::peak_rss_mib(w.0.id()))
+        .collect();
     let _ = serve.0.kill();
     Some(Run {
         wall_s,
@@ -190,17 +183,11 @@ fn run(bin: &Path, input: &Path, recordings: usize, workers: usize, jobs: usize)
 }
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = common::release_classguard();
     let d: u64 = env_or("CG_BENCH_DURATION", "120").parse().expect("seconds");
     let recordings: usize = env_or("CG_BENCH_RECORDINGS", "6").parse().expect("a count");
     let jobs: usize = env_or("CG_BENCH_JOBS", "2").parse().expect("a count");
-    let st = Command::new(root.join("scripts/fixtures/make-long.sh"))
-        .arg(d.to_string())
-        .status()
-        .expect("make-long.sh");
-    assert!(st.success(), "make-long.sh {d} failed");
-    let input = root.join(format!("fixtures/generated/camera-{d}s.webm"));
+    let input = common::generated_camera(d);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
